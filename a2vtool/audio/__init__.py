@@ -1,0 +1,1 @@
+"""Audio input: reading clips (soundfile), mono mixdown, resampling, pad/trim; dataset readers; demo data."""

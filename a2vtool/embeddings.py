@@ -1,0 +1,365 @@
+"""The embedding cache on disk: sharded safetensors + one manifest; lazy reader, incremental writer, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from a2vtool.artifacts import (
+    MANIFEST,
+    read_manifest,
+    save_tensors,
+    sha256_file,
+    write_json_atomic,
+)
+from a2vtool.errors import ArtifactError, CacheLockedError, InputError, VerifyError
+
+KIND = "a2v.embeddings"
+SHARD_KIND = "a2v.embeddings.shard"
+TENSOR = "embeddings"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One clip of one dataset in a cache: where its row lives and its label."""
+
+    index: int
+    dataset: str
+    clip_id: str
+    item: str
+    label: str
+    split: str | None
+    fold: int | None
+    path: str
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+class EmbeddingCache:
+    """Read-only, lazy view of a cache directory. Rows are sliced from memory-mapped shards on demand."""
+
+    def __init__(self, directory: Path | str, max_open: int = 8) -> None:
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir, KIND)
+        self.key: str = self.manifest["cache_key"]
+        self.settings: dict[str, Any] = self.manifest["settings"]
+        self.shape: tuple[int, int] = tuple(self.manifest.get("shape") or (0, 0))  # type: ignore[assignment]
+        self._items: dict[str, list[int]] = self.manifest["items"]
+        self._entries = [
+            Entry(i, c["dataset"], c["clip_id"], c["item"], c["label"], c.get("split"), c.get("fold"), c.get("path", ""))
+            for i, c in enumerate(self.manifest["clips"])
+        ]
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._max_open = max_open
+
+    # -- selection --------------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        return sorted({e.dataset for e in self._entries})
+
+    def entries(
+        self,
+        dataset: str | None = None,
+        classes: list[str] | None = None,
+        splits: list[str] | None = None,
+    ) -> list[Entry]:
+        """Every matching entry, in manifest order. Unknown dataset or class names are input errors."""
+        out = self._entries
+        if dataset is not None:
+            names = self.datasets()
+            if dataset not in names:
+                raise InputError(f"dataset {dataset!r} is not in cache {self.dir}; it holds: {', '.join(names)}")
+            out = [e for e in out if e.dataset == dataset]
+        if classes is not None:
+            valid = sorted({e.label for e in out})
+            unknown = [c for c in classes if c not in valid]
+            if unknown:
+                raise InputError(
+                    f"unknown class {unknown[0]!r} for cache {self.dir}"
+                    + (f" dataset {dataset!r}" if dataset else "")
+                    + f"; valid: {', '.join(valid)}"
+                )
+            keep = set(classes)
+            out = [e for e in out if e.label in keep]
+        if splits is not None:
+            keep_s = set(splits)
+            out = [e for e in out if e.split in keep_s]
+        return list(out)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def labels(self, dataset: str | None = None) -> list[str]:
+        return sorted({e.label for e in self.entries(dataset)})
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _shard(self, i: int) -> Any:
+        from safetensors import safe_open
+
+        f = self._open.get(i)
+        if f is None:
+            path = self.dir / self.manifest["shards"][i]["file"]
+            try:
+                f = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise ArtifactError(f"cannot open shard {path}: {e}", hint="run `a2vtool cache verify`") from None
+            self._open[i] = f
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(i)
+        return f
+
+    def rows(self, items: list[str]) -> Any:
+        """Stack the rows of `items` (content ids) into a (n, T, D) tensor, reading only those rows."""
+        import torch
+
+        if not items:
+            return torch.empty(0, *self.shape, dtype=getattr(torch, self.manifest["dtype"]))
+        locs = []
+        for it in items:
+            loc = self._items.get(it)
+            if loc is None:
+                raise ArtifactError(f"item {it[:12]}… is listed but not stored in {self.dir}", hint="re-run embed")
+            locs.append(loc)
+        out: list[Any] = [None] * len(items)
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for pos, (s, r) in enumerate(locs):
+            by_shard.setdefault(s, []).append((r, pos))
+        for s, pairs in by_shard.items():
+            sl = self._shard(s).get_slice(TENSOR)
+            pairs.sort()
+            lo, hi = pairs[0][0], pairs[-1][0] + 1
+            if hi - lo <= 2 * len(pairs):  # dense: one contiguous read
+                block = sl[lo:hi]
+                for r, pos in pairs:
+                    out[pos] = block[r - lo]
+            else:
+                for r, pos in pairs:
+                    out[pos] = sl[r : r + 1][0]
+        return torch.stack(out)
+
+    def load(self, entries: list[Entry]) -> Any:
+        return self.rows([e.item for e in entries])
+
+    def iter_batches(self, entries: list[Entry], batch_size: int = 64) -> Iterator[tuple[Any, list[Entry]]]:
+        """Stream `entries` as (tensor, entries) batches; RAM stays at one batch."""
+        for i in range(0, len(entries), batch_size):
+            chunk = entries[i : i + batch_size]
+            yield self.load(chunk), chunk
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_cache(directory: Path | str) -> EmbeddingCache:
+    return EmbeddingCache(directory)
+
+
+# -- writing ----------------------------------------------------------------------------------------
+@dataclass
+class CacheWriter:
+    """Incremental writer: each new shard is written atomically, then the manifest is replaced atomically.
+
+    A kill at any instant loses at most the shard in flight; orphan shards of killed runs are removed on open.
+    """
+
+    directory: Path
+    manifest: dict[str, Any]
+    pending: list[tuple[str, Any]] = field(default_factory=list)
+    lock: Any = None
+
+    @classmethod
+    def open(cls, directory: Path, fresh_manifest: dict[str, Any]) -> CacheWriter:
+        from filelock import FileLock, Timeout
+
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(directory / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise CacheLockedError(
+                f"cache {directory} is being written by another process (lock {directory / '.lock'})",
+                hint="wait for it to finish; the lock is released automatically when that process exits",
+            ) from None
+        path = directory / MANIFEST
+        if path.exists():
+            manifest = read_manifest(directory, KIND)
+            if manifest["cache_key"] != fresh_manifest["cache_key"]:
+                lock.release()
+                raise ArtifactError(f"{path} belongs to key {manifest['cache_key'][:16]}…, not this configuration")
+        else:
+            manifest = fresh_manifest
+        w = cls(directory, manifest, lock=lock)
+        w.clean_orphans()
+        return w
+
+    def clean_orphans(self) -> list[str]:
+        known = {s["file"] for s in self.manifest["shards"]}
+        removed = []
+        for p in self.directory.iterdir():
+            if p.name in (MANIFEST, ".lock"):
+                continue
+            if (p.name.startswith("shard-") and p.name not in known) or p.name.endswith(".tmp") or p.name.startswith(".shard-"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                removed.append(p.name)
+        return removed
+
+    def has(self, item: str) -> bool:
+        return item in self.manifest["items"]
+
+    def add(self, item: str, row: Any) -> None:
+        self.pending.append((item, row))
+
+    def flush(self) -> int:
+        """Write pending rows as one shard and commit the manifest; return rows written."""
+        import torch
+
+        if not self.pending:
+            return 0
+        idx = len(self.manifest["shards"])
+        name = shard_name(idx)
+        items = [it for it, _ in self.pending]
+        block = torch.stack([r for _, r in self.pending])
+        if self.manifest.get("shape") in (None, []):
+            self.manifest["shape"] = list(block.shape[1:])
+        elif list(block.shape[1:]) != list(self.manifest["shape"]):
+            raise ArtifactError(f"row shape {tuple(block.shape[1:])} differs from cache shape {self.manifest['shape']}")
+        digest = save_tensors(self.directory / name, {TENSOR: block}, SHARD_KIND, self.manifest["cache_key"], items=items)
+        self.manifest["shards"].append(
+            {"file": name, "rows": len(items), "sha256": digest, "bytes": (self.directory / name).stat().st_size}
+        )
+        for r, it in enumerate(items):
+            self.manifest["items"][it] = [idx, r]
+        self.pending.clear()
+        self.commit()
+        return len(items)
+
+    def commit(self) -> None:
+        write_json_atomic(self.directory / MANIFEST, self.manifest, indent=None)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+# -- maintenance --------------------------------------------------------------------------------------
+def verify_cache(directory: Path) -> dict[str, Any]:
+    """Re-hash every shard and check the manifest's consistency; raise VerifyError listing every problem."""
+    from safetensors import safe_open
+
+    m = read_manifest(directory, KIND)
+    problems: list[str] = []
+    shape = m.get("shape")
+    for i, s in enumerate(m["shards"]):
+        p = Path(directory) / s["file"]
+        if not p.is_file():
+            problems.append(f"{s['file']}: missing")
+            continue
+        if sha256_file(p) != s["sha256"]:
+            problems.append(f"{s['file']}: content hash mismatch (corrupt)")
+            continue
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                rows = f.get_slice(TENSOR).get_shape()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{s['file']}: unreadable ({e})")
+            continue
+        if meta.get("cache_key") != m["cache_key"]:
+            problems.append(f"{s['file']}: header cache_key differs from manifest")
+        if rows[0] != s["rows"] or (shape and list(rows[1:]) != list(shape)):
+            problems.append(f"{s['file']}: shape {rows} does not match manifest ({s['rows']} rows of {shape})")
+    for it, (si, r) in m["items"].items():
+        if si >= len(m["shards"]) or r >= m["shards"][si]["rows"]:
+            problems.append(f"item {it[:12]}…: points outside its shard")
+    for c in m["clips"]:
+        if c["item"] not in m["items"]:
+            problems.append(f"clip {c['dataset']}/{c['clip_id']}: its item is not stored")
+    if problems:
+        raise VerifyError(f"cache {directory} failed verification: {len(problems)} problem(s): " + "; ".join(problems[:10]))
+    return {"cache": str(directory), "shards": len(m["shards"]), "items": len(m["items"]), "clips": len(m["clips"]), "ok": True}
+
+
+def list_caches(root: Path) -> list[dict[str, Any]]:
+    """Every cache under `root` with its size and what it holds."""
+    out = []
+    if not Path(root).is_dir():
+        return out
+    for d in sorted(Path(root).iterdir()):
+        if not (d / MANIFEST).is_file():
+            continue
+        try:
+            m = read_manifest(d, KIND)
+        except ArtifactError:
+            continue
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        model = m["settings"]["model"]
+        out.append({
+            "path": str(d), "key": m["cache_key"][:16], "model": model.get("hub_id") or model.get("local_path", "local"),
+            "token_mode": m["settings"]["token_mode"], "items": len(m["items"]), "clips": len(m["clips"]),
+            "datasets": sorted({c["dataset"] for c in m["clips"]}), "bytes": size,
+        })
+    return out
+
+
+def clear_cache(directory: Path) -> int:
+    """Delete a cache directory (only if it is an a2vtool embedding cache); return bytes freed."""
+    directory = Path(directory)
+    read_manifest(directory, KIND)
+    size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    tmp = directory.with_name(f".{directory.name}.deleting-{os.getpid()}")
+    os.replace(directory, tmp)
+    shutil.rmtree(tmp)
+    return size
+
+
+def import_tensors(
+    directory: Path,
+    rows: list[tuple[str, str, str | None, Any]],
+    *,
+    dataset: str = "imported",
+    settings: dict[str, Any] | None = None,
+    shard_rows: int = 256,
+) -> Path:
+    """Write a cache from in-memory rows (clip_id, label, split, (T, D) tensor): for embeddings computed elsewhere
+    and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
+    import hashlib
+
+    from a2vtool.artifacts import base_manifest, cache_key
+
+    settings = {"schema_version": 1, "source": "import", "token_mode": "imported", "model": {"imported": dataset},
+                **(settings or {})}
+    key = cache_key(settings)
+    dtype = str(rows[0][3].dtype).replace("torch.", "") if rows else "float32"
+    fresh = base_manifest(KIND, key, {"import": dataset}, settings=settings, dtype=dtype, shape=None, shards=[], items={}, clips=[])
+    w = CacheWriter.open(Path(directory), fresh)
+    try:
+        for clip_id, label, split, t in rows:
+            item = hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()
+            if not w.has(item) and item not in {i for i, _ in w.pending}:
+                w.add(item, t.detach().cpu())
+            if len(w.pending) >= shard_rows:
+                w.flush()
+            w.manifest["clips"].append({"dataset": dataset, "clip_id": clip_id, "item": item, "label": label,
+                                        "split": split, "fold": None, "path": ""})
+        w.flush()
+        w.commit()
+    finally:
+        w.close()
+    return Path(directory)

@@ -1,0 +1,1 @@
+"""Model wrappers and builders: AST encoder, text targets, adapters, generators."""

@@ -1,0 +1,14 @@
+"""Stages: each is `run(config) -> manifest/summary`; they talk to each other only through artifacts on disk."""
+
+# stage name -> "module:ConfigModel"; used by the CLI and by the test that validates every file in configs/
+CONFIGS = {
+    "embed": "a2vtool.stages.embed:EmbedConfig",
+    "federate": "a2vtool.federated.config:FederateConfig",
+}
+
+
+def config_model(stage: str) -> type:
+    import importlib
+
+    mod, _, name = CONFIGS[stage].partition(":")
+    return getattr(importlib.import_module(mod), name)
