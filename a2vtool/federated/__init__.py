@@ -1,0 +1,1 @@
+"""Federated training: node training, aggregation strategies, the round loop, engines."""

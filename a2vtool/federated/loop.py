@@ -1,0 +1,317 @@
+"""The local engine: nodes train one after another on one device, the server aggregates, every round is checkpointed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from a2vtool import ui
+from a2vtool.artifacts import base_manifest, cache_key, read_json_file, staged_dir, write_bytes_atomic, write_json_atomic
+from a2vtool.config import dump_config, validate
+from a2vtool.errors import InputError
+from a2vtool.federated import checkpoint as ck
+from a2vtool.federated.config import FederateConfig
+from a2vtool.federated.partition import NodeData, build_nodes, node_table
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A seed for (round, node, ...) that depends only on the run seed, so a resumed run draws the same numbers."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
+    return int.from_bytes(h[:7], "little")
+
+
+def check_config(cfg: FederateConfig) -> tuple[list[NodeData], dict[Path, Any], str, dict[str, Any]]:
+    """Everything that can be checked without loading a model: caches, classes, nodes, pipeline family, slots."""
+    from a2vtool.models.text_targets import SLOTS, pipeline_family
+
+    if cfg.images.every:
+        raise InputError("images.every > 0 needs the imaging module, which this build does not have", hint="set images.every to 0")
+    caches: dict[Path, Any] = {}
+    nodes = build_nodes(cfg, caches)
+    family = pipeline_family(cfg.pipeline.name_or_path)
+    have = SLOTS[family]
+    slots = cfg.pipeline.slots or list(have)
+    bad = [s for s in slots if s not in have]
+    if bad:
+        raise InputError(f"pipeline.slots: {bad[0]!r} is not a target slot of {family} pipeline "
+                         f"{cfg.pipeline.name_or_path}; it has: {', '.join(have)}")
+    shapes = {tuple(c.shape) for c in caches.values()}
+    if len(shapes) != 1:
+        raise InputError(f"the nodes' embedding caches have different token shapes {sorted(shapes)}; use one token mode")
+    return nodes, caches, family, {"slots": slots}
+
+
+class Federation:
+    """A federate run in one process. `setup()` loads models (or a checkpoint), `run_round(r)` does one round."""
+
+    def __init__(self, cfg: FederateConfig, run_dir: Path, *, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.nodes, self.caches, self.family, extra = check_config(cfg)
+        self.slots: list[str] = extra["slots"]
+        self.start_round = 1
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # -- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import torch
+
+        from a2vtool.federated.node import make_optimizer
+        from a2vtool.models.adapters import build_adapters, count_parameters, set_target_stats
+        from a2vtool.models.text_targets import ensure_text_targets
+        from a2vtool.runtime import resolve_device
+
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        classes = sorted({c for nd in self.nodes for c in nd.classes})
+        _, tt = ensure_text_targets(cfg.pipeline.targets_root, cfg.pipeline.name_or_path, classes,
+                                    cfg.pipeline.template, cfg.pipeline.max_sequence_length)
+        tt.slots = {k: v for k, v in tt.slots.items() if k in self.slots}
+        self.targets = tt
+        in_dim = next(iter(self.caches.values())).shape[-1]
+        shapes = tt.slot_shapes()
+        self.arch = {"in_dim": in_dim, "slot_shapes": {k: list(v) for k, v in shapes.items()},
+                     "spec": cfg.adapters.model_dump(), "family": self.family}
+        torch.manual_seed(cfg.seed)
+        self.global_model = build_adapters(in_dim, shapes, cfg.adapters)
+        set_target_stats(self.global_model, tt.slots)
+        self.models = []
+        for i, _ in enumerate(self.nodes):
+            torch.manual_seed(derive_seed(cfg.seed, 0, i))
+            m = build_adapters(in_dim, shapes, cfg.adapters)
+            set_target_stats(m, tt.slots)
+            if cfg.strategy.name != "none":
+                m.load_state_dict(self.global_model.state_dict())
+            self.models.append(m)
+        self.optimizers = [make_optimizer(m, cfg.training) for m in self.models]
+        self.server_state: dict[str, Any] = {}
+        self.kd_opt_state: dict[str, Any] | None = None
+        self.generators = None
+        if cfg.strategy.name == "kd":
+            from a2vtool.models.generator_store import load_generator_set
+
+            self.generators = load_generator_set(cfg.strategy.kd.generators)  # type: ignore[arg-type]
+            missing = [c for c in classes if c not in self.generators.classes]
+            if missing:
+                raise InputError(f"strategy.kd.generators {cfg.strategy.kd.generators} has no generator for class "
+                                 f"{missing[0]!r}; it covers: {', '.join(self.generators.classes)}")
+        self.params = count_parameters(self.global_model)
+        self.key = cache_key({"config": dump_config(cfg), "targets": tt.key})
+        if self.resume:
+            self._restore()
+        else:
+            self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        if (self.run_dir / "manifest.json").exists() or ck.complete_rounds(self.run_dir):
+            raise InputError(f"run directory {self.run_dir} already holds a run",
+                             hint=f"continue it with --resume {self.run_dir}, or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "run.json", {
+            "config": dump_config(self.cfg), "targets_key": self.targets.key, "family": self.family,
+            "nodes": {nd.name: {"classes": nd.classes, "cache": str(nd.cache),
+                                "splits": {s: [e.clip_id for e in es] for s, es in nd.splits.items()}} for nd in self.nodes}})
+        write_bytes_atomic(self.metrics_path, b"")
+
+    def _restore(self) -> None:
+        import torch
+
+        done = ck.complete_rounds(self.run_dir)
+        if not done:
+            self._start_fresh() if not (self.run_dir / "run.json").exists() else None
+            return
+        r = done[-1]
+        rd = ck.round_dir(self.run_dir, r)
+        state = ck.read_state(self.run_dir, r)
+        for i, nd in enumerate(self.nodes):
+            model_state, opt_state = ck.load_node_state(rd / f"{nd.name}.safetensors")
+            self.models[i].load_state_dict(model_state)
+            if opt_state is not None:
+                self.optimizers[i].load_state_dict(opt_state)
+        if (rd / "global.safetensors").is_file():
+            from a2vtool.artifacts import load_tensors
+
+            g, _ = load_tensors(rd / "global.safetensors", ck.ADAPTER_KIND)
+            self.global_model.load_state_dict(g)
+        if (rd / "server.safetensors").is_file():
+            s, meta = ck.load_node_state(rd / "server.safetensors")
+            self.server_state = s
+            self.kd_opt_state = meta
+        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
+        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["round"] <= r] \
+            if self.metrics_path.exists() else []
+        write_bytes_atomic(self.metrics_path, ("\n".join(lines) + "\n").encode() if lines else b"")
+        self.start_round = r + 1
+
+    # -- one round ---------------------------------------------------------------------------------
+    def run_round(self, r: int, on_step: Any = None) -> dict[str, Any]:
+        import torch
+
+        from a2vtool.federated.node import evaluate, train_node
+        from a2vtool.federated.strategies import StrategyParams, aggregate
+
+        cfg, st = self.cfg, self.cfg.strategy
+        t0 = time.perf_counter()
+        exchange = st.name != "none"
+        global_params = None
+        if exchange:
+            gstate = self.global_model.state_dict()
+            for m in self.models:
+                m.load_state_dict(gstate)
+            if st.name == "fedprox":
+                global_params = [p.detach().clone().to(self.device) for p in self.global_model.parameters()]
+        train_metrics = []
+        compute = 0.0
+        E = cfg.training.local_epochs
+        for i, nd in enumerate(self.nodes):
+            m = self.models[i].to(self.device)
+            _move_opt(self.optimizers[i], self.device)
+            res = train_node(m, self.optimizers[i], self.caches[nd.cache], nd.splits["train"], self.targets, cfg.training,
+                             device=self.device, seed=derive_seed(cfg.seed, r, i), first_epoch=(r - 1) * E,
+                             total_epochs=cfg.rounds * E, global_params=global_params, mu=st.mu)
+            self.models[i] = m.to("cpu")
+            _move_opt(self.optimizers[i], "cpu")
+            compute += res["seconds"]
+            train_metrics.append(res)
+            if on_step is not None:
+                on_step(nd.name)
+        del global_params
+        if exchange and st.name != "kd":
+            params = StrategyParams(weighting=st.weighting, mu=st.mu, server_lr=st.server_lr, momentum=st.momentum,
+                                    beta1=st.beta1, beta2=st.beta2, tau=st.tau, trim_ratio=st.trim_ratio)
+            new, self.server_state = aggregate(st.name, self.global_model.state_dict(),
+                                               [m.state_dict() for m in self.models],
+                                               [nd.count("train") for nd in self.nodes], self.server_state, params)
+            self.global_model.load_state_dict(new)
+        elif st.name == "kd":
+            self._distill(r)
+        evaluate_now = (cfg.eval.every and r % cfg.eval.every == 0) or r == cfg.rounds
+        records = []
+        for i, nd in enumerate(self.nodes):
+            rec: dict[str, Any] = {"round": r, "node": nd.name, "train": _round_floats(train_metrics[i])}
+            if evaluate_now:
+                rec["eval"] = {s: evaluate(self.models[i], [(self.caches[nd.cache], nd.splits[s])], self.targets, nd.classes,
+                                           cfg.eval, "cpu") for s in cfg.eval.splits if nd.splits.get(s)}
+                if cfg.eval.cross:
+                    rec["eval"]["federation_test"] = evaluate(self.models[i], self._all("test"), self.targets, None, cfg.eval, "cpu")
+            records.append(rec)
+        if exchange and evaluate_now:
+            grec = {"round": r, "node": "global",
+                    "eval": {s: evaluate(self.global_model, self._all(s), self.targets, None, cfg.eval, "cpu") for s in cfg.eval.splits}}
+            records.append(grec)
+        self._checkpoint(r, records)
+        wall = time.perf_counter() - t0
+        return {"round": r, "records": records, "wall": wall, "compute": compute}
+
+    def _all(self, split: str) -> list[tuple[Any, list[Any]]]:
+        return [(self.caches[nd.cache], nd.splits.get(split, [])) for nd in self.nodes if nd.splits.get(split)]
+
+    def _distill(self, r: int) -> None:
+        import torch
+
+        from a2vtool.federated.kd import distill
+
+        kd = self.cfg.strategy.kd
+        owners: dict[str, list[int]] = {}
+        for i, nd in enumerate(self.nodes):
+            for c in {e.label for e in nd.splits["train"]}:
+                owners.setdefault(c, []).append(i)
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, r, 10_000))
+        tokens = next(iter(self.caches.values())).shape[0]
+        samples = {c: self.generators.sample(c, kd.samples_per_class, sequence_length=tokens, generator=g)  # type: ignore[union-attr]
+                   for c in sorted(owners)}
+        out = distill(self.global_model, self.models, owners, samples, epochs=kd.epochs, lr=kd.lr,
+                      batch_size=kd.batch_size, seed=derive_seed(self.cfg.seed, r, 10_001), optimizer_state=self.kd_opt_state)
+        self.kd_opt_state = out["optimizer_state"]
+
+    def _checkpoint(self, r: int, records: list[dict[str, Any]]) -> None:
+        import torch
+
+        with staged_dir(ck.round_dir(self.run_dir, r)) as d:
+            for i, nd in enumerate(self.nodes):
+                ck.save_node_state(d / f"{nd.name}.safetensors", self.models[i].state_dict(),
+                                   self.optimizers[i].state_dict(), self.key)
+            if self.cfg.strategy.name != "none":
+                ck.save_adapters(d / "global.safetensors", self.global_model.state_dict(), self.key, self.arch,
+                                 round=str(r), which="global", targets_key=self.targets.key)
+            if self.server_state or self.kd_opt_state:
+                ck.save_node_state(d / "server.safetensors", self.server_state, self.kd_opt_state, self.key)
+            write_json_atomic(d / "state.json", {
+                "round": r, "seed": self.cfg.seed,
+                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()})
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        ck.prune_rounds(self.run_dir, self.cfg.checkpoints.keep_last)
+
+    # -- end ---------------------------------------------------------------------------------------
+    def finish(self, last: dict[str, Any] | None) -> dict[str, Any]:
+        """Write final adapters and the run manifest (last)."""
+        final = self.run_dir / "final"
+        final.mkdir(exist_ok=True)
+        files = {}
+        r = self.cfg.rounds
+        if self.cfg.strategy.name != "none":
+            ck.save_adapters(final / "adapters-global.safetensors", self.global_model.state_dict(), self.key, self.arch,
+                             round=str(r), which="global", targets_key=self.targets.key)
+            files["global"] = "final/adapters-global.safetensors"
+        for i, nd in enumerate(self.nodes):
+            ck.save_adapters(final / f"adapters-{nd.name}.safetensors", self.models[i].state_dict(), self.key, self.arch,
+                             round=str(r), which=nd.name, targets_key=self.targets.key)
+            files[nd.name] = f"final/adapters-{nd.name}.safetensors"
+        summary = summarise(read_metrics(self.metrics_path, r))
+        manifest = base_manifest(ck.RUN_KIND, self.key, dump_config(self.cfg), seed=self.cfg.seed, rounds=r,
+                                 family=self.family, slots=self.slots, targets_key=self.targets.key,
+                                 targets_root=str(self.cfg.pipeline.targets_root), arch=self.arch, parameters=self.params,
+                                 nodes={nd.name: {"classes": nd.classes, "train": nd.count("train"), "val": nd.count("val"),
+                                                  "test": nd.count("test")} for nd in self.nodes},
+                                 final={"adapters": files, "metrics": summary})
+        write_json_atomic(self.run_dir / "manifest.json", manifest)
+        return manifest
+
+    def close(self) -> None:
+        for c in self.caches.values():
+            c.close()
+
+
+def _move_opt(opt: Any, device: str) -> None:
+    for st in opt.state.values():
+        for k, v in st.items():
+            if hasattr(v, "to") and k != "step":
+                st[k] = v.to(device)
+
+
+def _round_floats(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 8) if isinstance(v, float) else _round_floats(v) if isinstance(v, dict) else v) for k, v in d.items()}
+
+
+def read_metrics(path: Path, r: int | None = None) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return [x for x in rows if r is None or x["round"] == r]
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per node (and global): the last round's test accuracy figures, for tables and manifests."""
+    out: dict[str, Any] = {}
+    for rec in records:
+        ev = rec.get("eval") or {}
+        row: dict[str, Any] = {}
+        for split, m in ev.items():
+            if m.get("n"):
+                row[split] = {k: m[k] for k in ("acc", "chance", "acc_own", "chance_own", "n") if k in m}
+                row[split]["cos"] = sum(m["cos"].values()) / len(m["cos"])
+        out[rec["node"]] = row
+    return out
+
+
+def load_run_config(run_dir: Path) -> FederateConfig:
+    data = read_json_file(Path(run_dir) / "run.json", "run record")
+    return validate(FederateConfig, data["config"], str(Path(run_dir) / "run.json"))

@@ -1,0 +1,1 @@
+"""Diffusion side: pipeline loading, conditioning from adapter outputs, seeded generation, evaluation."""

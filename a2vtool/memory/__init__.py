@@ -1,0 +1,1 @@
+"""Memory probes, growth analysis and reports (memcheck)."""

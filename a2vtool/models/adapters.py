@@ -1,0 +1,95 @@
+"""Adapters: audio tokens -> one diffusion text-conditioning slot (token MLP, attention pooling, projection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from a2vtool.config import Strict
+
+
+class AdapterSpec(Strict):
+    hidden: list[int] = Field([256], description="Hidden sizes of the token-wise MLP (its depth is their count).")
+    width: int = Field(256, ge=8, description="Width of the attention pooling (queries, keys, values).")
+    heads: int = Field(4, ge=1, description="Attention heads in the pooling; must divide width.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in the MLP and attention (train mode only).")
+
+
+def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: AdapterSpec) -> Any:
+    """One SlotAdapter per target slot, in a module whose forward returns {slot: (B, *slot_shape)}."""
+    import torch
+    from torch import nn
+
+    if spec.width % spec.heads:
+        from a2vtool.errors import InputError
+
+        raise InputError(f"adapters.width {spec.width} is not divisible by adapters.heads {spec.heads}")
+
+    class SlotAdapter(nn.Module):
+        """Token MLP -> learned queries cross-attend over tokens -> residual MLP -> projection to the slot width."""
+
+        def __init__(self, shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.squeeze = len(shape) == 1
+            n_queries, out_dim = (1, shape[0]) if self.squeeze else (shape[0], shape[1])
+            layers: list[nn.Module] = []
+            d = in_dim
+            for h in spec.hidden:
+                layers += [nn.Linear(d, h), nn.GELU(), nn.Dropout(spec.dropout)]
+                d = h
+            layers.append(nn.Linear(d, spec.width))
+            self.mlp = nn.Sequential(*layers)
+            self.norm_kv = nn.LayerNorm(spec.width)
+            self.queries = nn.Parameter(torch.randn(n_queries, spec.width) * spec.width**-0.5)
+            self.attn = nn.MultiheadAttention(spec.width, spec.heads, dropout=spec.dropout, batch_first=True)
+            self.norm_out = nn.LayerNorm(spec.width)
+            self.ffn = nn.Sequential(nn.Linear(spec.width, 2 * spec.width), nn.GELU(), nn.Dropout(spec.dropout),
+                                     nn.Linear(2 * spec.width, spec.width))
+            self.proj = nn.Linear(spec.width, out_dim)
+            # Outputs live in a standardised target space: out = center + scale * raw. Class targets share a
+            # large common component; learning the residual makes the class signal dominate the loss.
+            self.register_buffer("center", torch.zeros(shape))
+            self.register_buffer("scale", torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kv = self.norm_kv(self.mlp(x))
+            q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+            pooled, _ = self.attn(q, kv, kv, need_weights=False)
+            pooled = pooled + q
+            pooled = pooled + self.ffn(self.norm_out(pooled))
+            out = self.proj(pooled)
+            out = out[:, 0] if self.squeeze else out
+            return self.center + self.scale * out
+
+    class Adapters(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slots = nn.ModuleDict({name: SlotAdapter(tuple(shape)) for name, shape in slot_shapes.items()})
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {name: m(x) for name, m in self.slots.items()}
+
+    return Adapters()
+
+
+def set_target_stats(model: Any, slots: dict[str, Any]) -> None:
+    """Set each slot's output centre (mean class target) and scale (std of the centred targets) from
+    per-class targets {slot: (C, *shape)}; they are buffers, saved with the adapters and equal on every node."""
+    import torch
+
+    with torch.no_grad():
+        for name, t in slots.items():
+            m = model.slots[name]
+            center = t.float().mean(0)
+            scale = float((t.float() - center).std()) if t.shape[0] > 1 else 0.0
+            m.center.copy_(center)
+            m.scale.fill_(scale if scale > 1e-8 else 1.0)
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def slot_parameter_counts(model: Any) -> dict[str, int]:
+    return {name: count_parameters(m) for name, m in model.slots.items()}
