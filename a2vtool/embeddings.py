@@ -165,8 +165,23 @@ class EmbeddingCache:
         self.close()
 
 
+def resolve_cache_dir(path: Path | str) -> Path:
+    """A cache folder, or a cache root holding exactly one cache (so configs can name the root)."""
+    p = Path(path)
+    if (p / MANIFEST).is_file() or not p.is_dir():
+        return p
+    found = sorted(d for d in p.iterdir() if (d / MANIFEST).is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ArtifactError(f"{p} holds no embedding cache", hint="run `a2vtool embed` first, or check the path")
+    raise InputError(f"{p} holds {len(found)} caches ({', '.join(d.name for d in found)}); name one of them",
+                     hint="see `a2vtool cache list --root " + str(p) + "`")
+
+
 def open_cache(directory: Path | str) -> EmbeddingCache:
-    return EmbeddingCache(directory)
+    """Open a cache folder (or a root holding exactly one cache) for lazy reading."""
+    return EmbeddingCache(resolve_cache_dir(directory))
 
 
 # -- writing ----------------------------------------------------------------------------------------

@@ -83,6 +83,10 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **
     local = is_local(name_or_path)
     if not local and ("/" not in name_or_path and name_or_path.startswith((".", "~"))):
         raise ModelLoadError(f"{what} folder not found: {name_or_path}")
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1" and "diffusers" in getattr(loader, "__module__", ""):
+        from diffusers.utils import logging as dlog
+
+        dlog.disable_progress_bar()
     try:
         return loader(str(Path(name_or_path).expanduser()) if local else name_or_path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:

@@ -75,7 +75,9 @@ def emit(summary: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]
         return
     from rich.console import Console
 
-    out = Console(highlight=False)
+    import shutil
+
+    out = Console(highlight=False, width=shutil.get_terminal_size((120, 24)).columns)
     if table is not None:
         out.print(table(summary))
     else:
