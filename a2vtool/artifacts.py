@@ -18,6 +18,8 @@ from a2vtool import SCHEMA_VERSION, __version__
 from a2vtool.errors import ArtifactError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def canonical_json(obj: Any) -> str:
@@ -80,6 +82,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts follow the user's umask like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -39,6 +39,43 @@ class Entry:
     path: str
 
 
+class _ShardRows:
+    """Slices rows [a:b] of a shard's embeddings tensor with one positioned read (header parsed once)."""
+
+    DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+    def __init__(self, path: Path) -> None:
+        import json
+        import struct
+
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                info = json.loads(f.read(n))[TENSOR]
+            self.dtype = self.DTYPES[info["dtype"]]
+            self.shape = [int(x) for x in info["shape"]]
+            begin, end = info["data_offsets"]
+        except Exception as e:  # noqa: BLE001 - any malformed header is the same problem for the user
+            raise ArtifactError(f"cannot open shard {path}: {e}", hint="run `a2vtool cache verify`") from None
+        self.start = 8 + n + int(begin)
+        self.row_bytes = (int(end) - int(begin)) // max(self.shape[0], 1)
+
+    def __getitem__(self, sl: slice) -> Any:
+        import torch
+
+        a, b, _ = sl.indices(self.shape[0])
+        buf = bytearray(max(b - a, 0) * self.row_bytes)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.start + a * self.row_bytes)
+            got = f.readinto(buf)
+        if got != len(buf):
+            raise ArtifactError(f"shard {self.path} is truncated", hint="run `a2vtool cache verify`")
+        if not buf:
+            return torch.empty(0, *self.shape[1:], dtype=getattr(torch, self.dtype))
+        return torch.frombuffer(buf, dtype=getattr(torch, self.dtype)).view(b - a, *self.shape[1:])
+
+
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
@@ -117,6 +154,17 @@ class EmbeddingCache:
             self._open.move_to_end(i)
         return f
 
+    def _rows_of(self, i: int) -> _ShardRows:
+        """Row reader of shard i: plain positioned reads, so rows already consumed do not stay resident
+        (pages touched through a memory map count in RSS until it is closed)."""
+        f = self._open.get(("rows", i))  # type: ignore[call-overload]
+        if f is None:
+            f = _ShardRows(self.dir / self.manifest["shards"][i]["file"])
+            self._open[("rows", i)] = f  # type: ignore[index]
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)
+        return f
+
     def rows(self, items: list[str]) -> Any:
         """Stack the rows of `items` (content ids) into a (n, T, D) tensor, reading only those rows."""
         import torch
@@ -134,9 +182,11 @@ class EmbeddingCache:
         for pos, (s, r) in enumerate(locs):
             by_shard.setdefault(s, []).append((r, pos))
         for s, pairs in by_shard.items():
-            sl = self._shard(s).get_slice(TENSOR)
+            sl = self._rows_of(s)
             pairs.sort()
             lo, hi = pairs[0][0], pairs[-1][0] + 1
+            if len(by_shard) == 1 and hi - lo == len(items) and all(r - lo == pos for r, pos in pairs):
+                return sl[lo:hi]  # the rows are one in-order run of one shard (iter_batches): no second copy
             if hi - lo <= 2 * len(pairs):  # dense: one contiguous read
                 block = sl[lo:hi]
                 for r, pos in pairs:
