@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from a2vtool.config import Strict
+from a2vtool.imaging.config import ImagesSpec
 from a2vtool.models.adapters import AdapterSpec
 from a2vtool.models.text_targets import DEFAULT_TEMPLATE
 
@@ -101,10 +102,6 @@ class EvalSpec(Strict):
     splits: list[Literal["train", "val", "test"]] = Field(["val", "test"], description="Splits evaluated per node.")
     cross: bool = Field(True, description="Also evaluate each node on the whole federation's test split.")
     batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
-
-
-class ImagesSpec(Strict):
-    every: int = Field(0, ge=0, description="Render images every N rounds (0 = off).")
 
 
 class CheckpointSpec(Strict):

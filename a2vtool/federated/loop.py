@@ -29,8 +29,6 @@ def check_config(cfg: FederateConfig) -> tuple[list[NodeData], dict[Path, Any], 
     """Everything that can be checked without loading a model: caches, classes, nodes, pipeline family, slots."""
     from a2vtool.models.text_targets import SLOTS, pipeline_family
 
-    if cfg.images.every:
-        raise InputError("images.every > 0 needs the imaging module, which this build does not have", hint="set images.every to 0")
     caches: dict[Path, Any] = {}
     nodes = build_nodes(cfg, caches)
     family = pipeline_family(cfg.pipeline.name_or_path)
@@ -144,7 +142,7 @@ class Federation:
             self.server_state = s
             self.kd_opt_state = meta
         torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
-        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["round"] <= r] \
+        lines = [ln for ln in self.metrics_path.read_text().splitlines() if _round_of(ln) <= r] \
             if self.metrics_path.exists() else []
         write_bytes_atomic(self.metrics_path, ("\n".join(lines) + "\n").encode() if lines else b"")
         self.start_round = r + 1
@@ -205,9 +203,32 @@ class Federation:
             grec = {"round": r, "node": "global",
                     "eval": {s: evaluate(self.global_model, self._all(s), self.targets, None, cfg.eval, "cpu") for s in cfg.eval.splits}}
             records.append(grec)
+        if cfg.images.every and (r % cfg.images.every == 0 or r == cfg.rounds):
+            self._images(r, records)
         self._checkpoint(r, records)
         wall = time.perf_counter() - t0
         return {"round": r, "records": records, "wall": wall, "compute": compute}
+
+    def _images(self, r: int, records: list[dict[str, Any]]) -> None:
+        """Render up to images.max_per_class clips per class of the chosen splits with the chosen adapters."""
+        from a2vtool.imaging.generate import render_round_images
+
+        spec = self.cfg.images
+        models: dict[str, Any] = {}
+        if spec.models in ("global", "both") and self.cfg.strategy.name != "none":
+            models["global"] = self.global_model
+        if spec.models in ("nodes", "both") or not models:
+            models.update({nd.name: self.models[i] for i, nd in enumerate(self.nodes)})
+        clips = [g for s in spec.splits for g in self._all(s)]
+        out = render_round_images(self.run_dir, r, models, clips, spec, self.targets,
+                                  seed=self.cfg.seed + spec.seed_offset, device=self.device)
+        for name, res in out.items():
+            rec = next((x for x in records if x["node"] == name), None)
+            if rec is None:
+                rec = {"round": r, "node": name}
+                records.append(rec)
+            rec["images"] = {"count": res.get("images", 0), "dir": str(res.get("dir", "")),
+                             **({"eval": res["eval"]} if res.get("eval") else {})}
 
     def _all(self, split: str) -> list[tuple[Any, list[Any]]]:
         return [(self.caches[nd.cache], nd.splits.get(split, [])) for nd in self.nodes if nd.splits.get(split)]
@@ -233,6 +254,11 @@ class Federation:
     def _checkpoint(self, r: int, records: list[dict[str, Any]]) -> None:
         import torch
 
+        # Metrics first: a kill between the two leaves lines of an incomplete round, which resume drops
+        # (it keeps rounds <= the last complete checkpoint); the other order would lose a complete round's lines.
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
         with staged_dir(ck.round_dir(self.run_dir, r)) as d:
             for i, nd in enumerate(self.nodes):
                 ck.save_node_state(d / f"{nd.name}.safetensors", self.models[i].state_dict(),
@@ -245,9 +271,6 @@ class Federation:
             write_json_atomic(d / "state.json", {
                 "round": r, "seed": self.cfg.seed,
                 "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()})
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
         ck.prune_rounds(self.run_dir, self.cfg.checkpoints.keep_last)
 
     # -- end ---------------------------------------------------------------------------------------
@@ -278,6 +301,18 @@ class Federation:
     def close(self) -> None:
         for c in self.caches.values():
             c.close()
+        if self.cfg.images.every:
+            from a2vtool.imaging.pipeline import release_pipeline
+
+            release_pipeline()
+
+
+def _round_of(line: str) -> float:
+    """The round of a metrics line; a blank or torn line (a kill mid-write) counts as beyond every round."""
+    try:
+        return json.loads(line)["round"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _move_opt(opt: Any, device: str) -> None:

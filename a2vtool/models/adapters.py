@@ -65,7 +65,8 @@ def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: A
     class Adapters(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.slots = nn.ModuleDict({name: SlotAdapter(tuple(shape)) for name, shape in slot_shapes.items()})
+            # sorted: parameter and optimizer-group order must not depend on where the shapes came from
+            self.slots = nn.ModuleDict({name: SlotAdapter(tuple(shape)) for name, shape in sorted(slot_shapes.items())})
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {name: m(x) for name, m in self.slots.items()}

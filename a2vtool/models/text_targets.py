@@ -115,7 +115,7 @@ def encode(pipe: Any, family: str, prompts: list[str], max_sequence_length: int,
         else:
             pe, _ = pipe.encode_prompt(prompts, device, 1, False)
             out = {"prompt_embeds": pe}
-    return {k: v.detach().float().cpu() for k, v in out.items()}
+    return {k: out[k].detach().float().cpu() for k in sorted(out)}
 
 
 def compute_text_targets(pipeline: str, classes: list[str], template: str = DEFAULT_TEMPLATE,
@@ -148,7 +148,7 @@ def save_text_targets(tt: TextTargets, directory: Path, config: dict[str, Any] |
 def load_text_targets(directory: Path) -> TextTargets:
     m = read_manifest(directory, KIND)
     tensors, meta = load_tensors(Path(directory) / "targets.safetensors", KIND)
-    slots = {k[5:]: v for k, v in tensors.items() if k.startswith("slot.")}
+    slots = {k[5:]: v for k, v in sorted(tensors.items()) if k.startswith("slot.")}
     neg = {k[9:]: v for k, v in tensors.items() if k.startswith("negative.")}
     return TextTargets(m["family"], m["classes"], m["prompts"], slots, neg, m["cache_key"], m.get("pipeline", ""))
 
