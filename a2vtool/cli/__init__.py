@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 
 from a2vtool import __version__
-from a2vtool.cli import cache_cmd, embed_cmd, federate_cmd, misc_cmd, stage_cmds
+from a2vtool.cli import (
+    cache_cmd,
+    embed_cmd,
+    federate_cmd,
+    generate_images_cmd,
+    memcheck_cmd,
+    misc_cmd,
+    train_generator_cmd,
+)
 from a2vtool.cli.common import EXIT_CODES
 
 app = typer.Typer(
@@ -30,8 +38,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 embed_cmd.register(app)
+train_generator_cmd.register(app)
 federate_cmd.register(app)
-stage_cmds.register(app)
+generate_images_cmd.register(app)
+memcheck_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache", help="List, verify and clear embedding caches.")
 app.add_typer(misc_cmd.models_app, name="models", help="Build the tiny offline models.")
 misc_cmd.register(app)

@@ -4,6 +4,9 @@
 CONFIGS = {
     "embed": "a2vtool.stages.embed:EmbedConfig",
     "federate": "a2vtool.federated.config:FederateConfig",
+    "train-generator": "a2vtool.stages.train_generator:TrainGeneratorConfig",
+    "generate-images": "a2vtool.imaging.config:GenerateConfig",
+    "memcheck": "a2vtool.stages.memcheck:MemcheckConfig",
 }
 
 
