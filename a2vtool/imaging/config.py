@@ -48,7 +48,7 @@ class GenerateConfig(RenderOptions):
     embeddings: Path | None = Field(None, description="Embedding cache (folder, or a root holding exactly one cache).")
     dataset: str | None = Field(None, description="Dataset inside the cache (needed if it holds several).")
     classes: list[str] | None = Field(None, description="Classes to render; None = every class of the source.")
-    splits: list[str] | None = Field(["test"], description="Splits whose clips are rendered; None = every split.")
+    splits: list[str] | None = Field(["test"], description="Splits whose clips are rendered (the dataset's own, else the federate run's partition); None = every split.")
     max_per_class: int | None = Field(None, ge=1, description="At most this many clips per class (first in cache order).")
     count: int | None = Field(None, ge=1, description="At most this many images in all.")
     from_generators: Path | None = Field(None, description="A train-generator output: render synthetic embeddings, no audio needed.")

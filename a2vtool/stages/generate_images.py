@@ -26,11 +26,13 @@ def _select(cfg: GenerateConfig, cache: Any) -> tuple[list[Any], list[str]]:
 
     if cache is not None:
         entries = cache.entries(cfg.dataset, cfg.classes, cfg.splits)
+        if cfg.splits and not entries:
+            entries = _run_split_entries(cfg, cache)
         jobs = clip_jobs(cache, entries, cfg.seed, cfg.max_per_class, cfg.count)
         if not jobs:
             raise InputError(f"no clips in {cfg.embeddings} match classes {cfg.classes or 'all'} and splits "
                              f"{cfg.splits or 'all'}", hint="check --split / --classes")
-        return jobs, sorted(cfg.classes or {e.label for e in cache.entries(cfg.dataset, None, cfg.splits)})
+        return jobs, sorted(cfg.classes or {e.label for e in cache.entries(cfg.dataset, None, None)})
     n = min(cfg.samples_per_class, cfg.max_per_class or cfg.samples_per_class)
     if cfg.from_generators is not None:
         from a2vtool.models.generator_store import load_generator_set
@@ -50,6 +52,19 @@ def _select(cfg: GenerateConfig, cache: Any) -> tuple[list[Any], list[str]]:
         classes = list(cfg.classes or [])
         jobs = [make_job(f"oracle-{c}-{i:04d}", c, None, "oracle", cfg.seed) for c in classes for i in range(n)]
     return jobs[: cfg.count] if cfg.count else jobs, sorted(classes)
+
+
+def _run_split_entries(cfg: GenerateConfig, cache: Any) -> list[Any]:
+    """When the dataset itself has no such split, take the split from the federate run that trained the
+    adapters: its run.json records every node's train/val/test clip ids."""
+    from a2vtool.artifacts import read_json_file
+
+    run_json = Path(cfg.adapters) / "run.json" if cfg.adapters is not None else None
+    if run_json is None or not run_json.is_file():
+        return []
+    nodes = read_json_file(run_json, "run record").get("nodes", {})
+    wanted = {cid for nd in nodes.values() for sp in cfg.splits or [] for cid in nd.get("splits", {}).get(sp, [])}
+    return [e for e in cache.entries(cfg.dataset, cfg.classes, None) if e.clip_id in wanted]
 
 
 def run(cfg: GenerateConfig, *, keep_pipeline: bool = False) -> dict[str, Any]:
