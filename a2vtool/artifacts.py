@@ -182,9 +182,20 @@ def save_tensors(path: Path, tensors: dict[str, Any], kind: str, key: str, **ext
     """Save torch tensors atomically as safetensors with typed header metadata; return the file's sha256."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=header_meta(kind, key, **extra))
+    data = canonical_safetensors(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                      metadata=header_meta(kind, key, **extra)))
     write_bytes_atomic(Path(path), data)
     return sha256_bytes(data)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys: the library writes metadata in hash order, which differs
+    between processes, and identical tensors must give identical bytes (and checksums)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def load_tensors(path: Path, kind: str | None = None, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:

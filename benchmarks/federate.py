@@ -168,7 +168,7 @@ def adapter_benchmarks(quick: bool) -> None:
 
     # Accuracy: the prototype at full size is ~10^8 parameters, too slow to train on a CPU in a benchmark, so both
     # are trained on a scaled copy of the task: every width divided by `s` (input 768/s, slots 17x(4096/s) and 768/s,
-    # prototype MLP widths /s), default adapters scaled the same way (hidden 256/s, width 256/s).
+    # prototype MLP widths /s), default adapters scaled the same way (AdapterSpec() hidden and width /s).
     s = 8
     in_dim, shapes = real_in // s, {"prompt_embeds": (17, 4096 // s), "pooled_prompt_embeds": (768 // s,)}
     n_cls, per_cls, tokens = 10, (24 if quick else 48), 16
@@ -183,7 +183,8 @@ def adapter_benchmarks(quick: bool) -> None:
     tr, te = perm[:cut], perm[cut:]
     epochs = 15 if quick else 30
     torch.manual_seed(0)
-    dflt = default_adapters(in_dim, shapes, AdapterSpec(hidden=[256 // s], width=256 // s, heads=4, dropout=0.1))
+    dflt = default_adapters(in_dim, shapes, AdapterSpec(hidden=[h // s for h in d.hidden], width=d.width // s,
+                                                         heads=d.heads, dropout=d.dropout))
     torch.manual_seed(0)
     proto = PrototypeAdapters(in_dim, shapes, scale=s)
     print(f"# accuracy on a scaled synthetic task (widths /{s}): {n_cls} classes, {per_cls} clips each "

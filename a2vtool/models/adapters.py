@@ -10,9 +10,9 @@ from a2vtool.config import Strict
 
 
 class AdapterSpec(Strict):
-    hidden: list[int] = Field([256], description="Hidden sizes of the token-wise MLP (its depth is their count).")
-    width: int = Field(256, ge=8, description="Width of the attention pooling (queries, keys, values).")
-    heads: int = Field(4, ge=1, description="Attention heads in the pooling; must divide width.")
+    hidden: list[int] = Field([512], description="Hidden sizes of the token-wise MLP (its depth is their count).")
+    width: int = Field(512, ge=8, description="Width of the attention pooling (queries, keys, values).")
+    heads: int = Field(8, ge=1, description="Attention heads in the pooling; must divide width.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in the MLP and attention (train mode only).")
 
 

@@ -138,7 +138,12 @@ def verdict(summary: dict[str, Any], n_classes: int) -> str:
         return "too few held-out clips per class to judge (need at least 2)"
     vs_class = "beats" if g < gc else "does not beat"
     vs_all = "beats" if g < ga else "does not beat"
+    gen = summary["generator"]
+    spread = ""
+    if math.isfinite(gen["diversity_ratio"]) and gen["diversity_ratio"] < 0.8:
+        spread = (f" Its samples are less spread out than real clips (diversity ratio {gen['diversity_ratio']:.2f}, "
+                  f"recall {gen['recall']:.2f}); with few held-out clips FD rewards that, so read it with recall.")
     return (f"learned generator: mean FD {g:.3g}; it {vs_class} the per-class Gaussian ({gc:.3g}, wins on "
-            f"{summary['fd_wins_vs_gaussian_class']} classes) and {vs_all} one Gaussian for all classes ({ga:.3g}). "
+            f"{summary['fd_wins_vs_gaussian_class']} classes) and {vs_all} one Gaussian for all classes ({ga:.3g}).{spread} "
             "A per-class Gaussian matches mean and covariance by construction, so it is the bar for FD; the "
             "generator's value is in producing full token sequences and conditioned samples.")

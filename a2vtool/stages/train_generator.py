@@ -168,7 +168,11 @@ def prepare(cfg: TrainGeneratorConfig) -> Prepared:
         notes = []
         if seq < cfg.training_sequence_length:
             notes.append(f"the cache holds {tokens} token(s) per clip: modelling {seq}, not {cfg.training_sequence_length}")
-        chunks = [resize_tokens(batch.float(), seq) for batch, _ in cache.iter_batches(entries, 256)]
+        chunks = []
+        with ui.progress(f"pooling {len(entries)} clips to {seq} tokens", len(entries)) as advance:
+            for batch, part in cache.iter_batches(entries, 256):
+                chunks.append(resize_tokens(batch.float(), seq))
+                advance(len(part))
     finally:
         cache.close()
     labels = [e.label for e in entries]
