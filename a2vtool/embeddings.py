@@ -196,6 +196,26 @@ class EmbeddingCache:
                     out[pos] = sl[r : r + 1][0]
         return torch.stack(out)
 
+    def views(self, entries: list[Entry]) -> list[Any]:
+        """Zero-copy (T, D) tensors for `entries`, backed by copy-on-write memory maps of the shards: getting all
+        of them costs microseconds and no RAM; a row's pages are read only when it is touched."""
+        import numpy as np
+        import torch
+
+        maps: dict[int, Any] = {}
+        out = []
+        for e in entries:
+            si, r = self._items[e.item]
+            m = maps.get(si)
+            if m is None:
+                rows = self._rows_of(si)
+                np_dtype = "float32" if rows.dtype == "bfloat16" else rows.dtype
+                arr = np.memmap(rows.path, dtype=np_dtype, mode="c", offset=rows.start,
+                                shape=(rows.shape[0], rows.row_bytes // np.dtype(np_dtype).itemsize))
+                m = maps[si] = torch.from_numpy(arr).view(getattr(torch, rows.dtype)).view(rows.shape)
+            out.append(m[r])
+        return out
+
     def load(self, entries: list[Entry]) -> Any:
         return self.rows([e.item for e in entries])
 
@@ -406,6 +426,8 @@ def import_tensors(
     and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
     import hashlib
 
+    import torch
+
     from a2vtool.artifacts import base_manifest, cache_key
 
     settings = {"schema_version": 1, "source": "import", "token_mode": "imported", "model": {"imported": dataset},
@@ -416,7 +438,7 @@ def import_tensors(
     w = CacheWriter.open(Path(directory), fresh)
     try:
         for clip_id, label, split, t in rows:
-            item = hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()
+            item = hashlib.sha256(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
             if not w.has(item) and item not in {i for i, _ in w.pending}:
                 w.add(item, t.detach().cpu())
             if len(w.pending) >= shard_rows:

@@ -85,9 +85,8 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     import torch
 
     from a2vtool.audio.datasets import read_dataset
-    from a2vtool.audio.io import AudioReadError, load_clip
     from a2vtool.embeddings import CacheWriter
-    from a2vtool.models.ast import feature_settings, features, load_audio_model, load_feature_extractor, reduce_tokens
+    from a2vtool.models.ast import feature_settings, load_feature_extractor
     from a2vtool.runtime import model_identity, resolve_device, resolve_dtype
 
     t0 = time.perf_counter()
@@ -131,8 +130,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
         todo_ids = {x.clip_id for x in todo.values()}
         reused = sum(1 for c in clips if c.clip_id in item_of and c.clip_id not in todo_ids)
         if todo:
-            computed = _compute(cfg, writer, todo, fe, sr, device, dtype, store_dtype, skipped,
-                                load_audio_model, load_clip, features, reduce_tokens, AudioReadError)
+            computed = _compute(cfg, writer, todo, fe, sr, device, dtype, store_dtype, skipped)
         stored = [c for c in clips if item_of.get(c.clip_id) in writer.manifest["items"]]
         _upsert_clips(writer.manifest, dataset_name, stored, item_of)
         writer.manifest["config"] = dump_config(cfg)
@@ -162,11 +160,14 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
 
 
 def _compute(cfg: EmbedConfig, writer: Any, todo: dict[str, Any], fe: Any, sr: int, device: str, dtype: Any,
-             store_dtype: Any, skipped: list[dict[str, str]], load_audio_model: Any, load_clip: Any,
-             features: Any, reduce_tokens: Any, read_error: type[Exception]) -> int:
+             store_dtype: Any, skipped: list[dict[str, str]]) -> int:
     """Run the encoder over the clips in `todo` with decoding in parallel threads; return rows stored."""
     import numpy as np
     import torch
+
+    from a2vtool.audio.io import AudioReadError as read_error
+    from a2vtool.audio.io import load_clip
+    from a2vtool.models.ast import features, load_audio_model, reduce_tokens
 
     model = load_audio_model(cfg.model.name_or_path, cfg.model.revision, device, dtype)
     row_bytes: int | None = None
@@ -231,4 +232,4 @@ def _upsert_clips(manifest: dict[str, Any], dataset: str, clips: list[Any], item
             manifest["clips"][i] = entry
 
 
-__all__ = ["EmbedConfig", "AudioModelSpec", "run", "settings_for", "A2VError"]
+__all__ = ["EmbedConfig", "AudioModelSpec", "run", "settings_for"]
