@@ -199,6 +199,8 @@ class EmbeddingCache:
     def views(self, entries: list[Entry]) -> list[Any]:
         """Zero-copy (T, D) tensors for `entries`, backed by copy-on-write memory maps of the shards: getting all
         of them costs microseconds and no RAM; a row's pages are read only when it is touched."""
+        import mmap
+
         import numpy as np
         import torch
 
@@ -212,6 +214,9 @@ class EmbeddingCache:
                 np_dtype = "float32" if rows.dtype == "bfloat16" else rows.dtype
                 arr = np.memmap(rows.path, dtype=np_dtype, mode="c", offset=rows.start,
                                 shape=(rows.shape[0], rows.row_bytes // np.dtype(np_dtype).itemsize))
+                mm = getattr(arr, "_mmap", None)
+                if mm is not None and hasattr(mmap, "MADV_RANDOM"):
+                    mm.madvise(mmap.MADV_RANDOM)  # no read-ahead: touching a row maps that row's pages only
                 m = maps[si] = torch.from_numpy(arr).view(getattr(torch, rows.dtype)).view(rows.shape)
             out.append(m[r])
         return out
