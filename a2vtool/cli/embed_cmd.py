@@ -18,9 +18,11 @@ def _table(s: dict[str, Any]) -> Any:
     t.add_column("clips", justify="right")
     for label, n in s["classes"].items():
         t.add_row(label, str(n))
-    t.caption = (f"{s['clips']} clips: {s['computed']} computed, {s['reused']} from cache, "
-                 f"{len(s['skipped'])} skipped; tokens x dim {s['shape']}")
-    return t
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(t, Text(f"{s['clips']} clips: {s['computed']} computed, {s['reused']} from cache, "
+                         f"{len(s['skipped'])} skipped; tokens x dim {s['shape']}"))
 
 
 def register(app: typer.Typer) -> None:

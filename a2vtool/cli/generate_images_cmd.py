@@ -31,8 +31,10 @@ def _table(s: dict[str, Any]) -> Any:
     if ev:
         cap += (f"\nzero-shot: accuracy {ev['accuracy']:.3f}, balanced {ev['balanced_accuracy']:.3f}, macro-F1 "
                 f"{ev['macro_f1']:.3f} (chance {ev['chance']:.3f}); CLIP score {ev['clip_score']:.2f}")
-    t.caption = cap
-    return t
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(t, Text(cap))  # a caption would wrap to the narrow table's width
 
 
 def register(app: typer.Typer) -> None:
