@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, OutOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
 
 
 def _table(s: dict[str, Any]) -> Any:

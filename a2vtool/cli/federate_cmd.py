@@ -19,7 +19,16 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = None,
         seed: SeedOpt = None,
         resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last complete round.", show_default=False)] = None,
-        engine: Annotated[str, typer.Option("--engine", help="local (one process), flower-sim or flower.")] = "local",
+        engine: Annotated[str, typer.Option("--engine", help="local (one process), flower-sim (Flower simulation on Ray) or flower (SuperLink + SuperNodes).")] = "local",
+        cpus_per_node: Annotated[float, typer.Option("--cpus-per-node", help="flower-sim: CPU cores per node.")] = 1.0,
+        gpus_per_node: Annotated[float, typer.Option("--gpus-per-node", help="flower-sim: GPU fraction per node.")] = 0.0,
+        max_parallel: Annotated[int | None, typer.Option("--max-parallel", help="flower-sim: nodes training at once (default: as many as the CPUs allow).", show_default=False)] = None,
+        round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="flower engines: seconds to wait for every node's reply in a round.", show_default=False)] = None,
+        superlink: Annotated[str | None, typer.Option("--superlink", help="flower: address HOST:PORT of a running SuperLink.", show_default=False)] = None,
+        launch_local: Annotated[bool, typer.Option("--launch-local", help="flower: start a SuperLink and one SuperNode per node on 127.0.0.1 for a trial, stop them at the end.")] = False,
+        insecure: Annotated[bool, typer.Option("--insecure", help="flower: talk to the SuperLink without TLS.")] = False,
+        root_certificates: Annotated[Path | None, typer.Option("--root-certificates", help="flower: CA certificate (PEM) that signed the SuperLink's certificate.", show_default=False)] = None,
+        ssl_dir: Annotated[Path | None, typer.Option("--ssl-dir", help="flower --launch-local with TLS: folder holding ca.crt, server.pem, server.key.", show_default=False)] = None,
         as_json: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -49,7 +58,15 @@ def register(app: typer.Typer) -> None:
                 if config is None:
                     raise InputError("federate needs --config run.json (see configs/ for examples)")
                 cfg = load_config(FederateConfig, config, set_, overrides("out", out, device, seed))
-            return run(cfg, resume=resume, engine=engine)
+            options = None
+            if engine != "local":
+                from a2vtool.federated.flower_engine import EngineOptions
+
+                ssl = {"ca": ssl_dir / "ca.crt", "cert": ssl_dir / "server.pem", "key": ssl_dir / "server.key"} if ssl_dir else {}
+                options = EngineOptions(cpus_per_node=cpus_per_node, gpus_per_node=gpus_per_node, max_parallel=max_parallel,
+                                        round_timeout=round_timeout, superlink=superlink, launch_local=launch_local,
+                                        insecure=insecure, root_certificates=root_certificates, ssl=ssl)
+            return run(cfg, resume=resume, engine=engine, options=options)
 
         manifest = run_guarded(go, debug=debug, as_json=as_json)
         if as_json:

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from a2vtool import ui
 from a2vtool.artifacts import base_manifest, cache_key, read_json_file, staged_dir, write_bytes_atomic, write_json_atomic
 from a2vtool.config import dump_config, validate
 from a2vtool.errors import InputError
 from a2vtool.federated import checkpoint as ck
 from a2vtool.federated.config import FederateConfig
-from a2vtool.federated.partition import NodeData, build_nodes, node_table
+from a2vtool.federated.partition import NodeData, build_nodes
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -25,12 +24,10 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int.from_bytes(h[:7], "little")
 
 
-def check_config(cfg: FederateConfig) -> tuple[list[NodeData], dict[Path, Any], str, dict[str, Any]]:
-    """Everything that can be checked without loading a model: caches, classes, nodes, pipeline family, slots."""
+def check_pipeline(cfg: FederateConfig) -> tuple[str, dict[str, Any]]:
+    """The pipeline family and the slots to train (no data needed: the Flower server side uses this alone)."""
     from a2vtool.models.text_targets import SLOTS, pipeline_family
 
-    caches: dict[Path, Any] = {}
-    nodes = build_nodes(cfg, caches)
     family = pipeline_family(cfg.pipeline.name_or_path)
     have = SLOTS[family]
     slots = cfg.pipeline.slots or list(have)
@@ -38,20 +35,37 @@ def check_config(cfg: FederateConfig) -> tuple[list[NodeData], dict[Path, Any], 
     if bad:
         raise InputError(f"pipeline.slots: {bad[0]!r} is not a target slot of {family} pipeline "
                          f"{cfg.pipeline.name_or_path}; it has: {', '.join(have)}")
+    return family, {"slots": slots}
+
+
+def check_config(cfg: FederateConfig) -> tuple[list[NodeData], dict[Path, Any], str, dict[str, Any]]:
+    """Everything that can be checked without loading a model: caches, classes, nodes, pipeline family, slots."""
+    caches: dict[Path, Any] = {}
+    nodes = build_nodes(cfg, caches)
+    family, extra = check_pipeline(cfg)
     shapes = {tuple(c.shape) for c in caches.values()}
     if len(shapes) != 1:
         raise InputError(f"the nodes' embedding caches have different token shapes {sorted(shapes)}; use one token mode")
-    return nodes, caches, family, {"slots": slots}
+    return nodes, caches, family, extra
 
 
 class Federation:
-    """A federate run in one process. `setup()` loads models (or a checkpoint), `run_round(r)` does one round."""
+    """A federate run. `setup()` loads models (or a checkpoint), `run_round(r)` does one round in this process.
+    With `nodes` and `shape` given (node descriptors reported by Flower clients), it holds no data: the Flower
+    ServerApp trains nodes remotely and calls `aggregate_round` and `finish_round`, the same code as `run_round`."""
 
-    def __init__(self, cfg: FederateConfig, run_dir: Path, *, resume: bool = False) -> None:
+    def __init__(self, cfg: FederateConfig, run_dir: Path, *, resume: bool = False,
+                 nodes: list[NodeData] | None = None, shape: tuple[int, ...] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.nodes, self.caches, self.family, extra = check_config(cfg)
+        if nodes is None:
+            self.nodes, self.caches, self.family, extra = check_config(cfg)
+            self.shape = tuple(next(iter(self.caches.values())).shape)
+        else:
+            self.nodes, self.caches = nodes, {}
+            self.family, extra = check_pipeline(cfg)
+            self.shape = tuple(shape or ())
         self.slots: list[str] = extra["slots"]
         self.start_round = 1
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -72,7 +86,7 @@ class Federation:
                                     cfg.pipeline.template, cfg.pipeline.max_sequence_length)
         tt.slots = {k: v for k, v in tt.slots.items() if k in self.slots}
         self.targets = tt
-        in_dim = next(iter(self.caches.values())).shape[-1]
+        in_dim = self.shape[-1]
         shapes = tt.slot_shapes()
         self.arch = {"in_dim": in_dim, "slot_shapes": {k: list(v) for k, v in shapes.items()},
                      "spec": cfg.adapters.model_dump(), "family": self.family}
@@ -121,8 +135,11 @@ class Federation:
         import torch
 
         done = ck.complete_rounds(self.run_dir)
-        if not done:
-            self._start_fresh() if not (self.run_dir / "run.json").exists() else None
+        if not done:  # killed before round 1 finished: start over in the same directory
+            if (self.run_dir / "run.json").exists():
+                write_bytes_atomic(self.metrics_path, b"")
+            else:
+                self._start_fresh()
             return
         r = done[-1]
         rd = ck.round_dir(self.run_dir, r)
@@ -148,24 +165,26 @@ class Federation:
         self.start_round = r + 1
 
     # -- one round ---------------------------------------------------------------------------------
-    def run_round(self, r: int, on_step: Any = None) -> dict[str, Any]:
-        import torch
+    def exchange(self) -> bool:
+        return self.cfg.strategy.name != "none"
 
+    def evaluate_now(self, r: int) -> bool:
+        return bool((self.cfg.eval.every and r % self.cfg.eval.every == 0) or r == self.cfg.rounds)
+
+    def run_round(self, r: int, on_step: Any = None) -> dict[str, Any]:
+        """The local engine's round: train every node here in node-index order, then the shared server steps."""
         from a2vtool.federated.node import evaluate, train_node
-        from a2vtool.federated.strategies import StrategyParams, aggregate
 
         cfg, st = self.cfg, self.cfg.strategy
         t0 = time.perf_counter()
-        exchange = st.name != "none"
         global_params = None
-        if exchange:
+        if self.exchange():
             gstate = self.global_model.state_dict()
             for m in self.models:
                 m.load_state_dict(gstate)
             if st.name == "fedprox":
                 global_params = [p.detach().clone().to(self.device) for p in self.global_model.parameters()]
         train_metrics = []
-        compute = 0.0
         E = cfg.training.local_epochs
         for i, nd in enumerate(self.nodes):
             m = self.models[i].to(self.device)
@@ -175,12 +194,31 @@ class Federation:
                              total_epochs=cfg.rounds * E, global_params=global_params, mu=st.mu)
             self.models[i] = m.to("cpu")
             _move_opt(self.optimizers[i], "cpu")
-            compute += res["seconds"]
             train_metrics.append(res)
             if on_step is not None:
                 on_step(nd.name)
         del global_params
-        if exchange and st.name != "kd":
+        self.aggregate_round(r)
+        node_evals = global_eval = None
+        if self.evaluate_now(r):
+            node_evals = []
+            for i, nd in enumerate(self.nodes):
+                ev = {s: evaluate(self.models[i], [(self.caches[nd.cache], nd.splits[s])], self.targets, nd.classes,
+                                  cfg.eval, "cpu") for s in cfg.eval.splits if nd.splits.get(s)}
+                if cfg.eval.cross:
+                    ev["federation_test"] = evaluate(self.models[i], self._all("test"), self.targets, None, cfg.eval, "cpu")
+                node_evals.append(ev)
+            if self.exchange():
+                global_eval = {s: evaluate(self.global_model, self._all(s), self.targets, None, cfg.eval, "cpu")
+                               for s in cfg.eval.splits}
+        return self.finish_round(r, train_metrics, node_evals, global_eval, t0)
+
+    def aggregate_round(self, r: int) -> None:
+        """Server step after training: aggregate the node models (in node-index order) or distil into the global."""
+        from a2vtool.federated.strategies import StrategyParams, aggregate
+
+        st = self.cfg.strategy
+        if self.exchange() and st.name != "kd":
             params = StrategyParams(weighting=st.weighting, mu=st.mu, server_lr=st.server_lr, momentum=st.momentum,
                                     beta1=st.beta1, beta2=st.beta2, tau=st.tau, trim_ratio=st.trim_ratio)
             new, self.server_state = aggregate(st.name, self.global_model.state_dict(),
@@ -189,24 +227,23 @@ class Federation:
             self.global_model.load_state_dict(new)
         elif st.name == "kd":
             self._distill(r)
-        evaluate_now = (cfg.eval.every and r % cfg.eval.every == 0) or r == cfg.rounds
+
+    def finish_round(self, r: int, train_metrics: list[dict[str, Any]], node_evals: list[dict[str, Any]] | None,
+                     global_eval: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+        """Metrics records, images and the round checkpoint: shared by every engine."""
         records = []
         for i, nd in enumerate(self.nodes):
             rec: dict[str, Any] = {"round": r, "node": nd.name, "train": _round_floats(train_metrics[i])}
-            if evaluate_now:
-                rec["eval"] = {s: evaluate(self.models[i], [(self.caches[nd.cache], nd.splits[s])], self.targets, nd.classes,
-                                           cfg.eval, "cpu") for s in cfg.eval.splits if nd.splits.get(s)}
-                if cfg.eval.cross:
-                    rec["eval"]["federation_test"] = evaluate(self.models[i], self._all("test"), self.targets, None, cfg.eval, "cpu")
+            if node_evals is not None:
+                rec["eval"] = node_evals[i]
             records.append(rec)
-        if exchange and evaluate_now:
-            grec = {"round": r, "node": "global",
-                    "eval": {s: evaluate(self.global_model, self._all(s), self.targets, None, cfg.eval, "cpu") for s in cfg.eval.splits}}
-            records.append(grec)
-        if cfg.images.every and (r % cfg.images.every == 0 or r == cfg.rounds):
+        if global_eval is not None:
+            records.append({"round": r, "node": "global", "eval": global_eval})
+        if self.cfg.images.every and (r % self.cfg.images.every == 0 or r == self.cfg.rounds):
             self._images(r, records)
         self._checkpoint(r, records)
         wall = time.perf_counter() - t0
+        compute = sum(float(m.get("seconds", 0.0)) for m in train_metrics)
         return {"round": r, "records": records, "wall": wall, "compute": compute}
 
     def _images(self, r: int, records: list[dict[str, Any]]) -> None:
@@ -244,7 +281,7 @@ class Federation:
             for c in {e.label for e in nd.splits["train"]}:
                 owners.setdefault(c, []).append(i)
         g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, r, 10_000))
-        tokens = next(iter(self.caches.values())).shape[0]
+        tokens = self.shape[0]
         samples = {c: self.generators.sample(c, kd.samples_per_class, sequence_length=tokens, generator=g)  # type: ignore[union-attr]
                    for c in sorted(owners)}
         out = distill(self.global_model, self.models, owners, samples, epochs=kd.epochs, lr=kd.lr,

@@ -213,8 +213,6 @@ def _compute(cfg: EmbedConfig, writer: Any, todo: dict[str, Any], fe: Any, sr: i
         done += writer.flush()
     except torch.cuda.OutOfMemoryError:
         raise A2VError(f"CUDA out of memory at batch size {cfg.batch_size}", hint="lower --set batch_size") from None
-    finally:
-        del model
     return done
 
 

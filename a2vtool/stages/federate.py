@@ -11,18 +11,20 @@ from a2vtool.federated.config import FederateConfig
 __all__ = ["FederateConfig", "run", "summary_table"]
 
 
-def run(cfg: FederateConfig, *, resume: Path | None = None, engine: str = "local") -> dict[str, Any]:
+ENGINES = ("local", "flower-sim", "flower")
+
+
+def run(cfg: FederateConfig, *, resume: Path | None = None, engine: str = "local", options: Any = None) -> dict[str, Any]:
     """Run (or resume) a federation; returns the run manifest. All config and data errors surface before any
-    model loads."""
+    model loads. `engine` picks where nodes train: local (here, in turn), flower-sim (Flower simulation on Ray)
+    or flower (Flower deployment: SuperLink + SuperNodes); `options` is a flower_engine.EngineOptions."""
     from a2vtool.federated.loop import Federation
     from a2vtool.federated.partition import node_table
     from a2vtool.models.adapters import slot_parameter_counts
 
-    if engine != "local":
-        from a2vtool.errors import InputError
-
-        raise InputError(f"engine {engine!r} is not available in this build", hint="use --engine local")
     run_dir = Path(resume) if resume is not None else cfg.out
+    if engine != "local":
+        return _run_flower(cfg, run_dir, resume is not None, engine, options)
     fed = Federation(cfg, run_dir, resume=resume is not None)
     ui.print_table(node_table(fed.nodes))
     try:
@@ -39,6 +41,33 @@ def run(cfg: FederateConfig, *, resume: Path | None = None, engine: str = "local
         return fed.finish(last)
     finally:
         fed.close()
+
+
+def _run_flower(cfg: FederateConfig, run_dir: Path, resume: bool, engine: str, options: Any) -> dict[str, Any]:
+    from a2vtool.errors import InputError
+    from a2vtool.federated import flower_engine as fe
+
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r} is not an engine; choose one of: {', '.join(ENGINES)}")
+    if cfg.images.every:
+        raise InputError(f"images.every is not supported by --engine {engine} (nodes hold the data)",
+                         hint="set images.every=0 and render with generate-images from the run's adapters")
+    fe.require_flwr()
+    opts = options or fe.EngineOptions()
+    if not resume and ((run_dir / "manifest.json").exists() or (run_dir / "rounds").is_dir()):
+        raise InputError(f"run directory {run_dir} already holds a run",
+                         hint=f"continue it with --resume {run_dir}, or choose another --out")
+    if engine == "flower-sim":
+        from a2vtool.federated.loop import check_config
+        from a2vtool.federated.partition import node_table
+
+        nodes, caches, _, _ = check_config(cfg)  # data and config errors before Ray starts
+        for c in caches.values():
+            c.close()
+        ui.print_table(node_table(nodes))
+        ui.info(f"flower-sim: {len(nodes)} nodes on Ray")
+        return fe.run_simulation_engine(cfg, run_dir, resume=resume, opts=opts)
+    return fe.run_deployment_engine(cfg, run_dir, resume=resume, opts=opts)
 
 
 def _status(res: dict[str, Any]) -> str:

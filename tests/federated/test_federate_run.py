@@ -420,7 +420,7 @@ def test_fifty_nodes_one_round(tmp_path: Path, world: dict[str, Path]) -> None:
     t0 = time.perf_counter()
     manifest = federate(cfg)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 60, elapsed
+    assert elapsed < 300, elapsed  # 3 s alone on 2 cores; the bound only catches a blow-up, not noise
     assert len(manifest["nodes"]) == 50
     rows = metrics(tmp_path / "run")
     assert len(rows) == 51 and all(_finite(x) for x in rows)

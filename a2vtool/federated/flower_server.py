@@ -1,0 +1,156 @@
+"""The ServerApp's round loop: Federation (aggregation, KD, checkpoints, metrics) with nodes trained by ClientApps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from a2vtool.errors import InputError
+
+
+def expected_nodes(cfg: Any) -> int:
+    return len(cfg.nodes) if cfg.nodes is not None else cfg.data.partition.num_nodes
+
+
+def _fail(what: str) -> Exception:
+    from a2vtool.federated.flower_apps import NodeFailure
+
+    return NodeFailure(what, hint="the run directory keeps every complete round: fix the node, then continue with --resume RUN_DIR")
+
+
+def _wait_for_nodes(grid: Any, n: int, timeout: float | None) -> list[int]:
+    t0 = time.monotonic()
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= n:
+            return ids
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise _fail(f"only {len(ids)} of {n} SuperNodes connected to the SuperLink within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _send_and_receive(grid: Any, msgs: list[Any], timeout: float | None) -> list[Any]:
+    """Grid.push_messages + pull_messages with a short, growing poll interval (10 ms .. 200 ms): the deployment
+    Grid's own send_and_receive sleeps 3 s between pulls, which would dominate a small round."""
+    pending = set(grid.push_messages(msgs))
+    out: list[Any] = []
+    end = None if timeout is None else time.monotonic() + timeout
+    wait = 0.01
+    while pending and (end is None or time.monotonic() < end):
+        got = list(grid.pull_messages(pending))
+        out += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(wait)
+            wait = min(wait * 1.5, 0.2)
+    return out
+
+
+def _ask(grid: Any, contents: dict[int, Any], kind: str, r: int, timeout: float | None,
+         names: dict[int, str], comm: dict[str, int]) -> dict[int, Any]:
+    """Send one message per node id and wait for every reply; a missing or failed reply names the node."""
+    from flwr.app import Message
+
+    from a2vtool.federated.flower_apps import record_bytes
+
+    msgs = [Message(c, dst_node_id=nid, message_type=kind, group_id=str(r)) for nid, c in contents.items()]
+    comm["down"] = comm.get("down", 0) + sum(record_bytes(c) for c in contents.values())
+    replies = {m.metadata.src_node_id: m for m in _send_and_receive(grid, msgs, timeout)}
+    for nid in contents:
+        m = replies.get(nid)
+        if m is None:
+            raise _fail(f"{names.get(nid, 'node')} (SuperNode {nid}) sent no reply to {kind} in round {r} within "
+                        f"{timeout:.0f}s: it died or lost its connection" if timeout else
+                        f"{names.get(nid, 'node')} (SuperNode {nid}) sent no reply to {kind} in round {r}")
+        if m.has_error():
+            raise _fail(f"{names.get(nid, 'node')} (SuperNode {nid}) failed in {kind}, round {r}: "
+                        f"{m.error.reason} (code {m.error.code})")
+        comm["up"] = comm.get("up", 0) + record_bytes(m.content)
+    return replies
+
+
+def serve(grid: Any, cfg: Any, run_dir: Path, *, resume: bool, timeout: float | None) -> dict[str, Any]:
+    """Describe nodes, then the local engine's rounds with training and evaluation done by the ClientApps."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from a2vtool.config import dump_config
+    from a2vtool.federated.flower_apps import Clip, from_record, merge_evals, opt_from_records, opt_to_records, to_record
+    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.partition import NodeData
+
+    n = expected_nodes(cfg)
+    cfg_json = json.dumps(dump_config(cfg), sort_keys=True)
+    ids = _wait_for_nodes(grid, n, timeout)
+    comm: dict[str, int] = {}
+    names = {nid: "node" for nid in ids}
+    desc = _ask(grid, {nid: RecordDict({"a2v": ConfigRecord({"config": cfg_json})}) for nid in ids}, "query", 0,
+                timeout, names, comm)
+    by_index: dict[int, tuple[int, dict[str, Any]]] = {}
+    for nid, m in desc.items():
+        d = json.loads(m.content["a2v"]["describe"])
+        if d["index"] in by_index:
+            raise InputError(f"two SuperNodes ({by_index[d['index']][0]} and {nid}) both say they are node index {d['index']}",
+                             hint="give each SuperNode its own --node-config 'node-index=N'")
+        by_index[d["index"]] = (nid, d)
+    missing = [i for i in range(n) if i not in by_index]
+    if missing:
+        raise InputError(f"no SuperNode is node index {missing[0]} (the config has {n} nodes)")
+    order = [by_index[i][0] for i in range(n)]  # node id per node index: aggregation follows node-index order
+    infos = [by_index[i][1] for i in range(n)]
+    shapes = {tuple(d["shape"]) for d in infos}
+    if len(shapes) != 1:
+        raise InputError(f"the nodes' embedding caches have different token shapes {sorted(shapes)}; use one token mode")
+    nodes = [NodeData(d["name"], Path(d["cache"]), d["classes"],
+                      {s: [Clip(c, lab) for c, lab in es] for s, es in d["splits"].items()}) for d in infos]
+    names = {nid: nodes[i].name for i, nid in enumerate(order)}
+    fed = Federation(cfg, run_dir, resume=resume, nodes=nodes, shape=shapes.pop())
+    fed.setup()
+    classes = json.dumps(fed.targets.classes)
+    primed: set[int] = set()
+    log = Path(run_dir) / "engine.jsonl"
+    last = None
+    try:
+        for r in range(fed.start_round, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            comm = {}
+            ev_now = fed.evaluate_now(r)
+            contents = {}
+            gstate = to_record(fed.global_model.state_dict()) if fed.exchange() else None
+            for i, nid in enumerate(order):
+                meta = {"config": cfg_json, "classes": classes, "round": r, "evaluate": ev_now}
+                rd = RecordDict({})
+                if gstate is not None:
+                    rd["global"] = gstate
+                if i not in primed:
+                    rd["node"] = to_record(fed.models[i].state_dict())
+                    if fed.optimizers[i].state:
+                        rd["node_opt"], meta["node_opt_meta"] = opt_to_records(fed.optimizers[i].state_dict())
+                rd["a2v"] = ConfigRecord(meta)
+                contents[nid] = rd
+            replies = _ask(grid, contents, "train", r, timeout, names, comm)
+            primed.update(range(n))
+            train_metrics, node_evals = [], []
+            for i, nid in enumerate(order):
+                c = replies[nid].content
+                fed.models[i].load_state_dict(from_record(c["model"]))
+                fed.optimizers[i].load_state_dict(opt_from_records(c["opt"], c["a2v"]["opt_meta"]))
+                train_metrics.append(json.loads(c["a2v"]["train"]))
+                node_evals.append(json.loads(c["a2v"]["eval"]))
+            fed.aggregate_round(r)
+            global_eval = None
+            if ev_now and fed.exchange():
+                g = to_record(fed.global_model.state_dict())
+                meta = {"config": cfg_json, "classes": classes, "round": r}
+                ev = _ask(grid, {nid: RecordDict({"global": g, "a2v": ConfigRecord(meta)}) for nid in order},
+                          "evaluate", r, timeout, names, comm)
+                parts = [json.loads(ev[nid].content["a2v"]["eval"]) for nid in order]
+                global_eval = {s: merge_evals([p.get(s, {"n": 0}) for p in parts]) for s in cfg.eval.splits}
+            last = fed.finish_round(r, train_metrics, node_evals if ev_now else None, global_eval, t0)
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"round": r, "wall": last["wall"], "bytes_down": comm.get("down", 0),
+                                    "bytes_up": comm.get("up", 0)}) + "\n")
+        return fed.finish(last)
+    finally:
+        fed.close()
