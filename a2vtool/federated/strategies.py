@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from a2vtool.errors import InputError
 
@@ -212,19 +212,23 @@ def _sorted_stack(node_states: list[StateDict], key: str) -> Tensor:
     return torch.stack([s[key].detach().to(dtype=torch.float64) for s in node_states]).sort(dim=0).values
 
 
-def _median(global_state: StateDict, node_states: list[StateDict], weights: list[float],
-            server_state: StateDict, params: StrategyParams) -> tuple[StateDict, StateDict]:
-    # Unweighted coordinate-wise median. For an even node count this is the MEAN of the two middle
-    # values (torch.median would return the lower one, biasing the result).
-    n = len(node_states)
+def _per_coordinate(node_states: list[StateDict], reduce: Any) -> StateDict:
+    """Apply `reduce` to each float key's node values sorted along dim 0; non-float tensors come from node 0."""
     new: StateDict = {}
     for key, first in node_states[0].items():
         if not first.is_floating_point():
             new[key] = first.detach().clone()
             continue
-        s = _sorted_stack(node_states, key)
-        mid = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-        new[key] = mid.to(dtype=first.dtype)
+        new[key] = reduce(_sorted_stack(node_states, key)).to(dtype=first.dtype)
+    return new
+
+
+def _median(global_state: StateDict, node_states: list[StateDict], weights: list[float],
+            server_state: StateDict, params: StrategyParams) -> tuple[StateDict, StateDict]:
+    # Unweighted coordinate-wise median. For an even node count this is the MEAN of the two middle
+    # values (torch.median would return the lower one, biasing the result).
+    n = len(node_states)
+    new = _per_coordinate(node_states, lambda s: s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2)
     return new, _copy(server_state)
 
 
@@ -241,13 +245,7 @@ def _trimmed_mean(global_state: StateDict, node_states: list[StateDict], weights
             "leaving none",
             hint="lower strategy.trim_ratio or aggregate more nodes",
         )
-    new: StateDict = {}
-    for key, first in node_states[0].items():
-        if not first.is_floating_point():
-            new[key] = first.detach().clone()
-            continue
-        s = _sorted_stack(node_states, key)
-        new[key] = s[k:n - k].mean(dim=0).to(dtype=first.dtype)
+    new = _per_coordinate(node_states, lambda s: s[k:n - k].mean(dim=0))
     return new, _copy(server_state)
 
 
