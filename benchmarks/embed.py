@@ -25,16 +25,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def bench(name: str, value: float, unit: str, op: str, target: float) -> bool:
-    ok = value >= target if op == ">=" else value <= target
-    print(f"BENCH {name} {value:.3g} {unit} target {op}{target:g} {'PASS' if ok else 'FAIL'}", flush=True)
-    return ok
 
 
 def build_model(out: Path, layers: int) -> Path:

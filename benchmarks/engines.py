@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -29,10 +30,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def bench(name: str, value: float, unit: str, op: str, target: float) -> bool:
-    ok = value >= target if op == ">=" else value <= target
-    print(f"BENCH {name} {value:.3g} {unit} target {op}{target:g} {'PASS' if ok else 'FAIL'}", flush=True)
-    return ok
 
 
 def world(root: Path, classes: list[str], clips: int) -> dict:

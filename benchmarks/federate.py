@@ -35,11 +35,9 @@ from a2vtool.embeddings import import_tensors  # noqa: E402
 from a2vtool.federated.config import FederateConfig  # noqa: E402
 from a2vtool.federated.loop import Federation  # noqa: E402
 from a2vtool.models.adapters import AdapterSpec, build_adapters, count_parameters, set_target_stats  # noqa: E402
+from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
-def bench(name: str, value: float, unit: str, op: str, target: float) -> None:
-    ok = value <= target if op == "<=" else value >= target
-    print(f"BENCH {name} {value:.4g} {unit} target {op}{target:g} {'PASS' if ok else 'FAIL'}", flush=True)
 
 
 def rss_mb() -> float:

@@ -12,14 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def bench(name: str, value: float, unit: str, op: str, target: float) -> bool:
-    ok = value >= target if op == ">=" else value <= target
-    print(f"BENCH {name} {value:.3f} {unit} target {op}{target} {'PASS' if ok else 'FAIL'}", flush=True)
-    return ok
 
 
 def setup(root: Path, family: str, clips: int) -> dict[str, Any]:

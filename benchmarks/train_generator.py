@@ -26,16 +26,12 @@ import torch  # noqa: E402
 
 from a2vtool.models.generator_train import GenData, TrainSettings, fit  # noqa: E402
 from a2vtool.models.generators import build_generator, make_arch, param_count  # noqa: E402
+from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 UPSTREAM_PARAMS_SEQ4 = 9_200_000  # the upstream flatten(S*768) VAE with hidden 1024 at S=4 (reference §5.2)
 VAL_TOLERANCE = 1.05
 
 
-def bench(name: str, value: float, unit: str, op: str, target: float, fmt: str = "{:.3g}") -> bool:
-    ok = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
-    print(f"BENCH train_generator.{name} {fmt.format(value)} {unit} target {op}{fmt.format(target) if op != '==' else int(target)} "
-          f"{'PASS' if ok else 'FAIL'}", flush=True)
-    return ok
 
 
 def synthetic(n: int, seq: int, dim: int, seed: int) -> torch.Tensor:
@@ -70,21 +66,21 @@ def main() -> int:
     t_b, v_b = train_once(x, xv, 64, epochs, dim, hidden)
     t_1, v_1 = train_once(x, xv, 1, epochs, dim, hidden)
     print(f"# batched {t_b:.2f}s val {v_b:.4f}; per-sample {t_1:.2f}s val {v_1:.4f}", flush=True)
-    ok = bench("speedup", t_1 / t_b, "x", ">=", 10.0, "{:.1f}")
-    ok &= bench("val_loss_ratio", v_b / v_1, "ratio", "<=", VAL_TOLERANCE, "{:.3f}")
+    ok = bench("train_generator.speedup", t_1 / t_b, "x", ">=", 10.0, "{:.1f}")
+    ok &= bench("train_generator.val_loss_ratio", v_b / v_1, "ratio", "<=", VAL_TOLERANCE, "{:.3f}")
 
     counts = {s: param_count(build_generator(make_arch("vae", s, 768)))["total"] for s in (4, 64)}
     print("# size: default VAE (768-dim tokens, hidden 256, latent 32, depth 2); upstream at S=4: 9.2 M", flush=True)
-    ok &= bench("params_seq4", counts[4], "params", "<=", UPSTREAM_PARAMS_SEQ4, "{:d}")
-    ok &= bench("params_seq64", counts[64], "params", "<=", 2 * counts[4], "{:d}")
-    ok &= bench("params_ratio_seq64_vs_seq4", counts[64] / counts[4], "ratio", "<=", 2.0, "{:.3f}")
+    ok &= bench("train_generator.params_seq4", counts[4], "params", "<=", UPSTREAM_PARAMS_SEQ4, "{:d}")
+    ok &= bench("train_generator.params_seq64", counts[64], "params", "<=", 2 * counts[4], "{:d}")
+    ok &= bench("train_generator.params_ratio_seq64_vs_seq4", counts[64] / counts[4], "ratio", "<=", 2.0, "{:.3f}")
     model = build_generator(make_arch("vae", 4, 768))
     at4 = param_count(model)["total"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = model.sample(2, sequence_length=1214, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1214, 768)
-    ok &= bench("params_delta_output_1214_vs_4", param_count(model)["total"] - at4, "params", "==", 0, "{:d}")
+    ok &= bench("train_generator.params_delta_output_1214_vs_4", param_count(model)["total"] - at4, "params", "==", 0, "{:d}")
     return 0 if ok else 1
 
 

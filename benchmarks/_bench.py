@@ -1,0 +1,23 @@
+"""Shared by the benchmark scripts: the one `BENCH <name> <value> <unit> target <op><number> PASS|FAIL` line."""
+
+from __future__ import annotations
+
+import os
+
+OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "==": lambda v, t: v == t}
+
+
+def quiet_offline_env() -> None:
+    """No hub access and no library chatter in benchmark output."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    for k, v in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(k, v)
+
+
+def bench(name: str, value: float, unit: str, op: str, target: float, fmt: str = "{:.4g}") -> bool:
+    """Print one BENCH line and return whether the target is met."""
+    ok = OPS[op](value, target)
+    shown_target = int(target) if op == "==" else f"{target:g}"
+    print(f"BENCH {name} {fmt.format(value)} {unit} target {op}{shown_target} {'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
