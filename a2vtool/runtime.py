@@ -81,8 +81,9 @@ def is_local(name_or_path: str) -> bool:
 def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
     """Call `loader(name_or_path, **kwargs)` (a `from_pretrained`), turning fetch failures into one clear line."""
     local = is_local(name_or_path)
-    if not local and ("/" not in name_or_path and name_or_path.startswith((".", "~"))):
-        raise ModelLoadError(f"{what} folder not found: {name_or_path}")
+    if not local and name_or_path.startswith((".", "~", "/")):  # a path, never a hub id
+        raise ModelLoadError(f"{what} folder not found: {name_or_path}",
+                             hint="check the path, or build the tiny models with `a2vtool models tiny --out models/tiny`")
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1" and "diffusers" in getattr(loader, "__module__", ""):
         from diffusers.utils import logging as dlog
 

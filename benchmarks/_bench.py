@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "==": lambda v, t: v == t}
-
-
-def quiet_offline_env() -> None:
-    """No hub access and no library chatter in benchmark output."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-    for k, v in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
-        os.environ.setdefault(k, v)
 
 
 def bench(name: str, value: float, unit: str, op: str, target: float, fmt: str = "{:.4g}") -> bool:
