@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,18 @@ def port_in_use(port: int) -> bool:
 ACTIVE: list[Any] = []  # Processes objects of runs in progress in this process (tests and tools look up pids here)
 
 
+MARKER_VAR = "A2V_FLOWER_LAUNCH"
+
+
 class Processes:
     """Processes started here, each in its own process group; stop() ends them all (also at exit and on signals)."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        # Every process started here carries this marker in its environment, and so do the ServerApp/ClientApp
+        # processes Flower spawns from them; stop() sweeps by marker, which also finds reparented orphans.
+        self.marker = f"{os.getpid()}-{uuid.uuid4().hex}"
         atexit.register(self.stop)
         ACTIVE.append(self)
         self._old = {}
@@ -89,7 +96,8 @@ class Processes:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = self.logdir / f"{name}.log"
         with open(log, "wb") as f:
-            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env={**env, MARKER_VAR: self.marker},
+                                 start_new_session=True)
         self.procs.append((name, p, log))
         return p
 
@@ -99,6 +107,20 @@ class Processes:
             return ""
         text = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         return " | ".join(text[-lines:])
+
+    def _marked(self) -> list[Any]:
+        """Live processes (not zombies) whose environment carries this launch's marker."""
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE \
+                        and proc.environ().get(MARKER_VAR) == self.marker:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
 
     def pid(self, name: str) -> int | None:
         return next((p.pid for n, p, _ in self.procs if n == name), None)
@@ -132,17 +154,23 @@ class Processes:
             except (ProcessLookupError, PermissionError):
                 pass
             p.poll()
-        for k in kids:
-            try:
-                k.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(kids, timeout=5)
-        for k in alive:
-            try:
-                k.kill()
-            except psutil.Error:
-                pass
+        for _ in range(3):  # a process may spawn a child while we sweep: repeat until none carries the marker
+            kids = {k.pid: k for k in [*kids, *self._marked()]}.values()  # type: ignore[assignment]
+            for k in kids:
+                try:
+                    k.terminate()
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(list(kids), timeout=5)
+            for k in alive:
+                try:
+                    k.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(alive, timeout=2)
+            kids = []
+            if not self._marked():
+                break
         if self in ACTIVE:
             ACTIVE.remove(self)
         for sig, old in self._old.items():
