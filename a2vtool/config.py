@@ -82,6 +82,9 @@ def validate(model: type[M], data: Any, source: str) -> M:
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (remove it or check its spelling)"
+            elif err["type"] == "union_tag_invalid":  # a registry-backed section (strategy): its `name` is unknown
+                loc = f"{loc}.name" if loc else "name"
+                msg = f"unknown name {err['ctx']['tag']!r}; choose one of: {err['ctx']['expected_tags']}"
             problems.append((loc, msg))
         raise ConfigError(source, problems) from None
 

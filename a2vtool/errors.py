@@ -60,9 +60,3 @@ class LeakDetected(A2VError):
     """memcheck found memory growth. Exit code 3."""
 
     exit_code = 3
-
-
-class NotBuiltError(A2VError):
-    """A subcommand that does not exist yet."""
-
-    exit_code = 1

@@ -60,9 +60,9 @@ def config(w: dict, out: Path, classes: list[str], rounds: int) -> object:
 
 
 def local_rounds(cfg: object, out: Path) -> list[float]:
-    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.loop import LocalEngine
 
-    fed = Federation(cfg, out)
+    fed = LocalEngine(cfg, out)
     fed.setup()
     walls = []
     try:
@@ -70,7 +70,7 @@ def local_rounds(cfg: object, out: Path) -> list[float]:
             t0 = time.perf_counter()
             fed.run_round(r)
             walls.append(time.perf_counter() - t0)
-        fed.finish(None)
+        fed.finish()
     finally:
         fed.close()
     return walls

@@ -1,6 +1,6 @@
 """Federate benchmarks, measured side by side in one run.
 
-  round_overhead   round wall time / summed node training compute (Federation.run_round's "wall"/"compute")
+  round_overhead   round wall time / summed node training compute (LocalEngine.run_round: "wall"/"compute")
   rss_growth       process RSS growth between an early and a late round, after gc.collect()
   adapter_params   default adapter parameters / prototype-sized adapter parameters, at the real FLUX sizes
   adapter_acc      zero-shot accuracy of the default adapter minus that of the prototype-sized one
@@ -33,7 +33,7 @@ from a2vtool import tiny, ui  # noqa: E402
 from a2vtool.config import validate  # noqa: E402
 from a2vtool.embeddings import import_tensors  # noqa: E402
 from a2vtool.federated.config import FederateConfig  # noqa: E402
-from a2vtool.federated.loop import Federation  # noqa: E402
+from a2vtool.federated.loop import LocalEngine  # noqa: E402
 from a2vtool.models.adapters import AdapterSpec, build_adapters, count_parameters, set_target_stats  # noqa: E402
 from _bench import bench  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
@@ -75,7 +75,7 @@ def federation_benchmarks(work: Path, quick: bool) -> None:
     print(f"# federation: {n_nodes} nodes x {classes_per_node} classes x {clips} clips, tokens {tokens}, tiny FLUX targets, "
           f"adapters hidden [256] width 64, 2 local epochs/round, fedavg, eval every round on val only (no cross eval), "
           f"checkpoint every round (keep_last 2), cpu, {torch.get_num_threads()} threads, {rounds} rounds", flush=True)
-    fed = Federation(cfg, work / "run")
+    fed = LocalEngine(cfg, work / "run")
     fed.setup()
     walls, computes, rss = [], [], {}
     try:

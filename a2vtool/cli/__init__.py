@@ -12,6 +12,7 @@ from a2vtool.cli import (
     generate_images_cmd,
     memcheck_cmd,
     misc_cmd,
+    strategies_cmd,
     train_generator_cmd,
 )
 from a2vtool.cli.common import EXIT_CODES
@@ -45,6 +46,7 @@ memcheck_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache", help="List, verify and clear embedding caches.")
 app.add_typer(misc_cmd.models_app, name="models", help="Build the tiny offline models.")
 misc_cmd.register(app)
+strategies_cmd.register(app)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from a2vtool.errors import ArtifactError, InputError
 RUN_KIND = "a2v.federate"
 ADAPTER_KIND = "a2v.adapters"
 NODE_KIND = "a2v.node_state"
-SERVER_KIND = "a2v.server_state"
 ROUND_RE = re.compile(r"^round-(\d{4,})$")
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from a2vtool.config import Strict
+from a2vtool.federated.strategies import DEFAULT as DEFAULT_STRATEGY
+from a2vtool.federated.strategies import StrategySpec, params_for
 from a2vtool.imaging.config import ImagesSpec
 from a2vtool.models.adapters import AdapterSpec
 from a2vtool.models.text_targets import DEFAULT_TEMPLATE
@@ -69,34 +71,6 @@ class TrainingSpec(Strict):
     cosine_weight: float = Field(0.0, ge=0, description="Weight of a (1 - cosine similarity) term added to the MSE.")
 
 
-class KDSpec(Strict):
-    generators: Path | None = Field(None, description="train-generator artifact providing synthetic embeddings.")
-    samples_per_class: int = Field(32, ge=1, description="Synthetic embeddings per class per round.")
-    epochs: int = Field(2, ge=1, description="Distillation epochs per round.")
-    lr: float = Field(1e-3, gt=0, description="Server AdamW learning rate.")
-    batch_size: int = Field(32, ge=1, description="Distillation batch size.")
-
-
-class StrategySpec(Strict):
-    name: Literal["none", "fedavg", "fedprox", "fedavgm", "fedadam", "median", "trimmed_mean", "kd"] = Field(
-        "fedavg", description="Aggregation strategy; none = standalone nodes.")
-    weighting: Literal["samples", "uniform"] = Field("samples", description="fedavg/fedprox weights.")
-    mu: float = Field(0.01, ge=0, description="fedprox proximal coefficient.")
-    server_lr: float = Field(1.0, gt=0, description="fedavgm/fedadam server learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm server momentum.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="fedadam first-moment decay.")
-    beta2: float = Field(0.99, ge=0, lt=1, description="fedadam second-moment decay.")
-    tau: float = Field(1e-3, gt=0, description="fedadam adaptivity (epsilon).")
-    trim_ratio: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean fraction trimmed from each end.")
-    kd: KDSpec = Field(default_factory=KDSpec, description="Knowledge distillation settings (strategy kd).")
-
-    @model_validator(mode="after")
-    def _kd(self) -> StrategySpec:
-        if self.name == "kd" and self.kd.generators is None:
-            raise ValueError("strategy kd needs kd.generators (a train-generator output folder)")
-        return self
-
-
 class EvalSpec(Strict):
     every: int = Field(1, ge=0, description="Evaluate every N rounds (0 = only after the last round).")
     splits: list[Literal["train", "val", "test"]] = Field(["val", "test"], description="Splits evaluated per node.")
@@ -115,7 +89,8 @@ class FederateConfig(Strict):
     pipeline: PipelineSpec = Field(default_factory=PipelineSpec, description="Diffusion model whose text space the adapters target.")
     adapters: AdapterSpec = Field(default_factory=AdapterSpec, description="Adapter architecture.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Local training on each node.")
-    strategy: StrategySpec = Field(default_factory=StrategySpec, description="Server aggregation.")
+    strategy: StrategySpec = Field(default_factory=lambda: params_for(DEFAULT_STRATEGY),
+                                   description="Server strategy: strategy.name plus that strategy's parameters (docs/strategies.md).")
     rounds: int = Field(5, ge=1, description="Federated rounds.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Per-round evaluation.")
     images: ImagesSpec = Field(default_factory=ImagesSpec, description="Images during training.")

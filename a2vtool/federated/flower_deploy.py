@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from a2vtool.errors import InputError
+from a2vtool.federated.flower_common import QUIET_ENV, EngineError
 
-APP_MODULE = '''"""a2vtool's Flower app (generated): the ServerApp and ClientApp live in a2vtool.federated.flower_apps."""
-from a2vtool.federated.flower_apps import deployment_server_app, make_client_app
+APP_MODULE = '''"""a2vtool's Flower app (generated): the ServerApp and ClientApp live in a2vtool.federated."""
+from a2vtool.federated.flower_client import make_client_app
+from a2vtool.federated.flower_server import deployment_server_app
 
 serverapp = deployment_server_app()
 clientapp = make_client_app()
@@ -179,8 +181,6 @@ class Processes:
 
 
 def _env(home: Path) -> dict[str, str]:
-    from a2vtool.federated.flower_engine import QUIET_ENV
-
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home)}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
@@ -208,8 +208,6 @@ def node_configs(cfg: Any) -> list[str]:
 
 
 def _wait_port(procs: Processes, name: str, p: subprocess.Popen[bytes], port: int, timeout: float) -> None:
-    from a2vtool.federated.flower_engine import EngineError
-
     t0 = time.monotonic()
     while not port_in_use(port):
         if p.poll() is not None:
@@ -221,8 +219,6 @@ def _wait_port(procs: Processes, name: str, p: subprocess.Popen[bytes], port: in
 
 def launch_local(procs: Processes, cfg: Any, env: dict[str, str], opts: Any) -> str:
     """Start a SuperLink and one SuperNode per node on 127.0.0.1; returns the SuperLink address."""
-    from a2vtool.federated.flower_engine import EngineError
-
     port = opts.base_port or free_port()
     if port_in_use(port):
         raise EngineError(f"SuperLink: port {port} on 127.0.0.1 is already in use", hint="pick another --base-port")
@@ -244,8 +240,6 @@ def run_deployment_engine(cfg: Any, run_dir: Path, *, resume: bool, opts: Any) -
     from a2vtool.artifacts import read_manifest
     from a2vtool.config import dump_config
     from a2vtool.federated import checkpoint as ck
-    from a2vtool.federated.flower_engine import EngineError
-
     if not opts.launch_local and not opts.superlink:
         raise InputError("--engine flower needs --superlink HOST:PORT (a running SuperLink) or --launch-local")
     work = Path(tempfile.mkdtemp(prefix="a2v-flower-"))

@@ -1,47 +1,15 @@
-"""Flower engines: the simulation engine (Ray, in this process) and the deployment engine (SuperLink + SuperNodes)."""
+"""The flower-sim engine: Flower's simulation runtime with the shared ServerApp (this process) and ClientApp (Ray)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a2vtool.errors import A2VError, InputError
+from a2vtool.errors import InputError
+from a2vtool.federated.flower_common import EngineError, EngineOptions, expected_nodes, require_flwr
 
-INSTALL = "pip install 'a2vtool[flower]'"
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-
-
-class EngineError(A2VError):
-    """A Flower process failed to start or stopped; the message names it and why."""
-
-    exit_code = 1
-
-
-@dataclass
-class EngineOptions:
-    cpus_per_node: float = 1.0
-    gpus_per_node: float = 0.0
-    max_parallel: int | None = None
-    round_timeout: float | None = None
-    superlink: str | None = None  # deployment: a running SuperLink's address (host:port); None with launch_local
-    launch_local: bool = False
-    insecure: bool = False
-    root_certificates: Path | None = None
-    ssl: dict[str, Path] = field(default_factory=dict)  # launch_local with TLS: ca, cert, key
-    base_port: int | None = None
-
-
-def require_flwr() -> None:
-    """A one-line error naming the install command when the flower extra is missing."""
-    try:
-        import flwr  # noqa: F401
-    except ImportError:
-        raise InputError(f"the flower engines need the flower extra, which is not installed: {INSTALL}") from None
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
+__all__ = ["EngineError", "EngineOptions", "run_simulation_engine", "simulation_resources"]
 
 
 def simulation_resources(n: int, opts: EngineOptions) -> dict[str, Any]:
@@ -76,8 +44,8 @@ def run_simulation_engine(cfg: Any, run_dir: Path, *, resume: bool, opts: Engine
     require_flwr()
     from flwr.simulation import run_simulation
 
-    from a2vtool.federated.flower_apps import make_client_app, make_server_app
-    from a2vtool.federated.flower_server import expected_nodes
+    from a2vtool.federated.flower_client import make_client_app
+    from a2vtool.federated.flower_server import make_server_app
 
     n = expected_nodes(cfg)
     backend = simulation_resources(n, opts)
@@ -89,6 +57,3 @@ def run_simulation_engine(cfg: Any, run_dir: Path, *, resume: bool, opts: Engine
     if "manifest" not in holder:
         raise EngineError("the Flower simulation stopped before the ServerApp finished (see the log above)")
     return holder["manifest"]
-
-
-from a2vtool.federated.flower_deploy import run_deployment_engine  # noqa: E402,F401

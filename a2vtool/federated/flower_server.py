@@ -1,4 +1,4 @@
-"""The ServerApp's round loop: Federation (aggregation, KD, checkpoints, metrics) with nodes trained by ClientApps."""
+"""The Flower ServerApp: node descriptors from the SuperNodes, then Federation.server_round on the nodes' replies."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from a2vtool.errors import InputError
-
-
-def expected_nodes(cfg: Any) -> int:
-    return len(cfg.nodes) if cfg.nodes is not None else cfg.data.partition.num_nodes
+from a2vtool.federated.flower_common import NodeFailure, expected_nodes, from_record, opt_from_records, opt_to_records, record_bytes, to_record
 
 
 def _fail(what: str) -> Exception:
-    from a2vtool.federated.flower_apps import NodeFailure
-
     return NodeFailure(what, hint="the run directory keeps every complete round: fix the node, then continue with --resume RUN_DIR")
 
 
@@ -53,8 +48,6 @@ def _ask(grid: Any, contents: dict[int, Any], kind: str, r: int, timeout: float 
     """Send one message per node id and wait for every reply; a missing or failed reply names the node."""
     from flwr.app import Message
 
-    from a2vtool.federated.flower_apps import record_bytes
-
     msgs = [Message(c, dst_node_id=nid, message_type=kind, group_id=str(r)) for nid, c in contents.items()]
     comm["down"] = comm.get("down", 0) + sum(record_bytes(c) for c in contents.values())
     replies = {m.metadata.src_node_id: m for m in _send_and_receive(grid, msgs, timeout)}
@@ -71,22 +64,17 @@ def _ask(grid: Any, contents: dict[int, Any], kind: str, r: int, timeout: float 
     return replies
 
 
-def serve(grid: Any, cfg: Any, run_dir: Path, *, resume: bool, timeout: float | None) -> dict[str, Any]:
-    """Describe nodes, then the local engine's rounds with training and evaluation done by the ClientApps."""
+def _describe(grid: Any, cfg: Any, cfg_json: str, timeout: float | None, comm: dict[str, int]) -> tuple[list[int], list[Any], tuple[int, ...]]:
+    """Ask every SuperNode which node it is: node ids in node-index order, node descriptors, the token shape."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from a2vtool.config import dump_config
-    from a2vtool.federated.flower_apps import Clip, from_record, merge_evals, opt_from_records, opt_to_records, to_record
-    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.flower_common import Clip
     from a2vtool.federated.partition import NodeData
 
     n = expected_nodes(cfg)
-    cfg_json = json.dumps(dump_config(cfg), sort_keys=True)
     ids = _wait_for_nodes(grid, n, timeout)
-    comm: dict[str, int] = {}
-    names = {nid: "node" for nid in ids}
     desc = _ask(grid, {nid: RecordDict({"a2v": ConfigRecord({"config": cfg_json})}) for nid in ids}, "query", 0,
-                timeout, names, comm)
+                timeout, {nid: "node" for nid in ids}, comm)
     by_index: dict[int, tuple[int, dict[str, Any]]] = {}
     for nid, m in desc.items():
         d = json.loads(m.content["a2v"]["describe"])
@@ -104,53 +92,110 @@ def serve(grid: Any, cfg: Any, run_dir: Path, *, resume: bool, timeout: float | 
         raise InputError(f"the nodes' embedding caches have different token shapes {sorted(shapes)}; use one token mode")
     nodes = [NodeData(d["name"], Path(d["cache"]), d["classes"],
                       {s: [Clip(c, lab) for c, lab in es] for s, es in d["splits"].items()}) for d in infos]
+    return order, nodes, shapes.pop()
+
+
+def serve(grid: Any, cfg: Any, run_dir: Path, *, resume: bool, timeout: float | None) -> dict[str, Any]:
+    """Describe nodes, then every round: node_round on the ClientApps, Federation.server_round here."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from a2vtool.config import dump_config
+    from a2vtool.federated.metrics import merge_evals
+    from a2vtool.federated.server import Federation
+    from a2vtool.federated.worker import NodeUpdate
+
+    cfg_json = json.dumps(dump_config(cfg), sort_keys=True)
+    comm: dict[str, int] = {}
+    order, nodes, shape = _describe(grid, cfg, cfg_json, timeout, comm)
     names = {nid: nodes[i].name for i, nid in enumerate(order)}
-    fed = Federation(cfg, run_dir, resume=resume, nodes=nodes, shape=shapes.pop())
+    fed = Federation(cfg, run_dir, nodes, shape, resume=resume)
     fed.setup()
     classes = json.dumps(fed.targets.classes)
     primed: set[int] = set()
     log = Path(run_dir) / "engine.jsonl"
-    last = None
-    try:
-        for r in range(fed.start_round, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            comm = {}
-            ev_now = fed.evaluate_now(r)
-            contents = {}
-            gstate = to_record(fed.global_model.state_dict()) if fed.exchange() else None
-            for i, nid in enumerate(order):
-                meta = {"config": cfg_json, "classes": classes, "round": r, "evaluate": ev_now}
-                rd = RecordDict({})
-                if gstate is not None:
-                    rd["global"] = gstate
-                if i not in primed:
-                    rd["node"] = to_record(fed.models[i].state_dict())
-                    if fed.optimizers[i].state:
-                        rd["node_opt"], meta["node_opt_meta"] = opt_to_records(fed.optimizers[i].state_dict())
-                rd["a2v"] = ConfigRecord(meta)
-                contents[nid] = rd
-            replies = _ask(grid, contents, "train", r, timeout, names, comm)
-            primed.update(range(n))
-            train_metrics, node_evals = [], []
-            for i, nid in enumerate(order):
-                c = replies[nid].content
-                fed.models[i].load_state_dict(from_record(c["model"]))
-                fed.optimizers[i].load_state_dict(opt_from_records(c["opt"], c["a2v"]["opt_meta"]))
-                train_metrics.append(json.loads(c["a2v"]["train"]))
-                node_evals.append(json.loads(c["a2v"]["eval"]))
-            fed.aggregate_round(r)
-            global_eval = None
-            if ev_now and fed.exchange():
-                g = to_record(fed.global_model.state_dict())
-                meta = {"config": cfg_json, "classes": classes, "round": r}
-                ev = _ask(grid, {nid: RecordDict({"global": g, "a2v": ConfigRecord(meta)}) for nid in order},
-                          "evaluate", r, timeout, names, comm)
-                parts = [json.loads(ev[nid].content["a2v"]["eval"]) for nid in order]
-                global_eval = {s: merge_evals([p.get(s, {"n": 0}) for p in parts]) for s in cfg.eval.splits}
-            last = fed.finish_round(r, train_metrics, node_evals if ev_now else None, global_eval, t0)
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"round": r, "wall": last["wall"], "bytes_down": comm.get("down", 0),
-                                    "bytes_up": comm.get("up", 0)}) + "\n")
-        return fed.finish(last)
-    finally:
-        fed.close()
+    r = 0
+
+    def evaluate(states: list[Any], splits: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for state in states:
+            meta = {"config": cfg_json, "classes": classes, "round": r, "splits": json.dumps(splits)}
+            g = to_record(state)
+            ev = _ask(grid, {nid: RecordDict({"global": g, "a2v": ConfigRecord(meta)}) for nid in order},
+                      "evaluate", r, timeout, names, comm)
+            parts = [json.loads(ev[nid].content["a2v"]["eval"]) for nid in order]
+            out.append({s: merge_evals([p.get(s, {"n": 0}) for p in parts]) for s in splits})
+        return out
+
+    for r in range(fed.start_round, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        comm.clear()
+        g = fed.broadcast()
+        gstate = to_record(g) if g is not None else None
+        contents = {}
+        for i, nid in enumerate(order):
+            meta = {"config": cfg_json, "classes": classes, "round": r, "evaluate": fed.evaluate_now(r)}
+            rd = RecordDict({})
+            if gstate is not None:
+                rd["global"] = gstate
+            if i not in primed:
+                model, opt = fed.node_states[i]
+                rd["node"] = to_record(model)
+                if opt is not None and opt.get("state"):
+                    rd["node_opt"], meta["node_opt_meta"] = opt_to_records(opt)
+            rd["a2v"] = ConfigRecord(meta)
+            contents[nid] = rd
+        replies = _ask(grid, contents, "train", r, timeout, names, comm)
+        primed.update(range(len(order)))
+        updates = []
+        for nid in order:
+            c = replies[nid].content
+            updates.append(NodeUpdate(from_record(c["model"]), opt_from_records(c["opt"], c["a2v"]["opt_meta"]),
+                                      json.loads(c["a2v"]["train"]), json.loads(c["a2v"]["eval"])))
+        res = fed.server_round(r, updates, evaluate, cross=False, t0=t0)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"round": r, "wall": res.wall, "bytes_down": comm.get("down", 0),
+                                "bytes_up": comm.get("up", 0)}) + "\n")
+    return fed.finish()
+
+
+def make_server_app(cfg: Any, run_dir: Path, resume: bool, timeout: float | None, holder: dict[str, Any]) -> Any:
+    """A ServerApp running `serve`; its result (or exception) is left in `holder` for the caller."""
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Any, context: Any) -> None:
+        try:
+            holder["manifest"] = serve(grid, cfg, run_dir, resume=resume, timeout=timeout)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            holder["error"] = e
+
+    return app
+
+
+def deployment_server_app() -> Any:
+    """The ServerApp of the deployment engine: its run config names the resolved config file and run directory."""
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Any, context: Any) -> None:
+        from a2vtool.artifacts import read_json_file
+        from a2vtool.config import validate
+        from a2vtool.federated.config import FederateConfig
+
+        rc = context.run_config
+        status = Path(str(rc["status"]))
+        try:
+            cfg = validate(FederateConfig, read_json_file(Path(str(rc["config"])), "config"), str(rc["config"]))
+            timeout = float(rc["timeout"]) or None
+            serve(grid, cfg, Path(str(rc["run-dir"])), resume=bool(rc["resume"]), timeout=timeout)
+            status.write_text(json.dumps({"ok": True}))
+        except BaseException as e:
+            status.write_text(json.dumps({"ok": False, "error": getattr(e, "message", str(e)) or type(e).__name__,
+                                          "type": type(e).__name__, "hint": getattr(e, "hint", None)}))
+            raise
+
+    return app

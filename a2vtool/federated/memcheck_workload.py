@@ -24,9 +24,9 @@ class FederateWorkload:
         self.fed: Any = None
 
     def setup(self) -> None:
-        from a2vtool.federated.loop import Federation
+        from a2vtool.federated.loop import LocalEngine
 
-        self.fed = Federation(self.cfg, self.cfg.out)  # config and data errors surface here, before any model loads
+        self.fed = LocalEngine(self.cfg, self.cfg.out)  # config and data errors surface here, before any model loads
         self.fed.setup()
 
     def run_round(self, r: int, on_step: Callable[[str], None]) -> None:

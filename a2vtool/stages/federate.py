@@ -18,34 +18,32 @@ def run(cfg: FederateConfig, *, resume: Path | None = None, engine: str = "local
     """Run (or resume) a federation; returns the run manifest. All config and data errors surface before any
     model loads. `engine` picks where nodes train: local (here, in turn), flower-sim (Flower simulation on Ray)
     or flower (Flower deployment: SuperLink + SuperNodes); `options` is a flower_engine.EngineOptions."""
-    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.loop import LocalEngine
     from a2vtool.federated.partition import node_table
     from a2vtool.models.adapters import slot_parameter_counts
 
     run_dir = Path(resume) if resume is not None else cfg.out
     if engine != "local":
         return _run_flower(cfg, run_dir, resume is not None, engine, options)
-    fed = Federation(cfg, run_dir, resume=resume is not None)
+    fed = LocalEngine(cfg, run_dir, resume=resume is not None)
     ui.print_table(node_table(fed.nodes))
     try:
         fed.setup()
         counts = slot_parameter_counts(fed.global_model)
-        ui.info(f"adapters: {fed.params:,} parameters per node (" + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ")")
-        last = None
+        ui.info(f"adapters: {fed.fed.params:,} parameters per node (" + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ")")
         if fed.start_round > cfg.rounds:
             ui.info(f"run {run_dir} already completed {cfg.rounds} rounds")
         with ui.progress("rounds", cfg.rounds - fed.start_round + 1) as adv:
             for r in range(fed.start_round, cfg.rounds + 1):
-                last = fed.run_round(r)
-                adv(status=_status(last))
-        return fed.finish(last)
+                adv(status=_status(fed.run_round(r)))
+        return fed.finish()
     finally:
         fed.close()
 
 
 def _run_flower(cfg: FederateConfig, run_dir: Path, resume: bool, engine: str, options: Any) -> dict[str, Any]:
     from a2vtool.errors import InputError
-    from a2vtool.federated import flower_engine as fe
+    from a2vtool.federated import flower_common as fe
 
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not an engine; choose one of: {', '.join(ENGINES)}")
@@ -66,16 +64,20 @@ def _run_flower(cfg: FederateConfig, run_dir: Path, resume: bool, engine: str, o
             c.close()
         ui.print_table(node_table(nodes))
         ui.info(f"flower-sim: {len(nodes)} nodes on Ray")
-        return fe.run_simulation_engine(cfg, run_dir, resume=resume, opts=opts)
-    return fe.run_deployment_engine(cfg, run_dir, resume=resume, opts=opts)
+        from a2vtool.federated.flower_engine import run_simulation_engine
+
+        return run_simulation_engine(cfg, run_dir, resume=resume, opts=opts)
+    from a2vtool.federated.flower_deploy import run_deployment_engine
+
+    return run_deployment_engine(cfg, run_dir, resume=resume, opts=opts)
 
 
-def _status(res: dict[str, Any]) -> str:
-    g = [x for x in res["records"] if x["node"] == "global" and x.get("eval")]
+def _status(res: Any) -> str:
+    g = [x for x in res.records if x["node"] == "global" and x.get("eval")]
     if g:
         ev = next(iter(g[0]["eval"].values()))
-        return f"round {res['round']}: global acc {ev.get('acc', 0):.2f}"
-    return f"round {res['round']}"
+        return f"round {res.round}: global acc {ev.get('acc', 0):.2f}"
+    return f"round {res.round}"
 
 
 def summary_table(manifest: dict[str, Any]) -> Any:

@@ -255,11 +255,47 @@ def test_kd_with_generators(world: dict[str, Path], tmp_path: Path) -> None:
     gcfg = validate(cfg_cls, data, "test")
     tg.run(gcfg)
     manifest = federate(make_cfg(world, tmp_path / "run", rounds=2,
-                                 strategy={"name": "kd", "kd": {"generators": str(gen_out), "samples_per_class": 4,
-                                                                "epochs": 1, "batch_size": 8}}))
+                                 strategy={"name": "kd", "generators": str(gen_out), "samples_per_class": 4,
+                                                           "epochs": 1, "batch_size": 8}))
     rows = metrics(tmp_path / "run")
     assert {x["round"] for x in rows} == {1, 2} and all(_finite(x) for x in rows)
     assert manifest["final"]["adapters"]["global"]
+
+
+_KILL_MID_CHECKPOINT = """
+import os, sys
+from a2vtool.federated import checkpoint as ck
+real, seen = ck.save_node_state, []
+def dying(path, *a, **kw):
+    real(path, *a, **kw)
+    seen.append(path)
+    if ".round-0002." in str(path.parent):  # one node file of round 2 is in its staging folder: die like SIGKILL
+        os._exit(137)
+ck.save_node_state = dying
+from a2vtool.cli import main
+sys.argv = ["a2vtool", "federate", "-c", sys.argv[1]]
+main()
+"""
+
+
+def test_kill_mid_checkpoint_leaves_no_partial_after_resume(world: dict[str, Path], tmp_path: Path) -> None:
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(config_dict(world, killed, rounds=3)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-c", _KILL_MID_CHECKPOINT, str(cfg_path)], env=env, cwd=str(REPO),
+                       capture_output=True, timeout=300)
+    assert p.returncode == 137, p.stdout.decode() + p.stderr.decode()
+    partials = list((killed / "rounds").glob(".round-0002.*.partial"))
+    assert partials, sorted(x.name for x in (killed / "rounds").iterdir())
+    assert ck.complete_rounds(killed) == [1]
+    res = _cli("--resume", str(killed))
+    out, _ = res.communicate(timeout=300)
+    assert res.returncode == 0, out.decode()
+    assert not [x for x in (killed / "rounds").iterdir() if x.name.startswith(".")], "staging leftovers after --resume"
+    assert ck.complete_rounds(killed) == [1, 2, 3]
+    federate(make_cfg(world, ref, rounds=3))
+    assert_same_tensors(final_tensors(killed), final_tensors(ref))
 
 
 # -- input errors before any model loads ------------------------------------------------------------------
@@ -313,16 +349,16 @@ def test_existing_run_dir_needs_resume(world: dict[str, Path], tmp_path: Path) -
 # -- artifacts --------------------------------------------------------------------------------------------
 
 def test_manifest_final_adapters_and_pruning(world: dict[str, Path], tmp_path: Path) -> None:
-    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.loop import LocalEngine
 
     run_dir = tmp_path / "run"
     cfg = make_cfg(world, run_dir, rounds=4, seed=7, checkpoints={"keep_last": 2})
-    fed = Federation(cfg, run_dir)
+    fed = LocalEngine(cfg, run_dir)
     fed.setup()
     try:
         for r in range(1, 5):
             fed.run_round(r)
-        manifest = fed.finish(None)
+        manifest = fed.finish()
         m = json.loads((run_dir / "manifest.json").read_text())
         assert m == json.loads(json.dumps(manifest))
         assert m["seed"] == 7 and m["rounds"] == 4
@@ -393,11 +429,11 @@ def _live_tensors() -> int:
 
 
 def test_tensor_count_does_not_grow(world: dict[str, Path], tmp_path: Path) -> None:
-    from a2vtool.federated.loop import Federation
+    from a2vtool.federated.loop import LocalEngine
 
     cfg = make_cfg(world, tmp_path / "run", rounds=10, training={"local_epochs": 1}, strategy={"name": "fedadam", "server_lr": 0.01},
                    checkpoints={"keep_last": 1})
-    fed = Federation(cfg, tmp_path / "run")
+    fed = LocalEngine(cfg, tmp_path / "run")
     fed.setup()
     try:
         counts = {}

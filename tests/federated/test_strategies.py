@@ -8,9 +8,9 @@ import torch
 from a2vtool.errors import InputError
 from a2vtool.federated.strategies import (
     STRATEGIES,
-    StrategyParams,
     aggregate,
     aggregation_weights,
+    params_for,
     proximal_term,
 )
 
@@ -27,7 +27,7 @@ def states(*rows: tuple[float, ...]) -> list[dict[str, torch.Tensor]]:
 
 def run(name: str, global_w: torch.Tensor, nodes: list[dict[str, torch.Tensor]], samples: list[int],
         server: dict[str, torch.Tensor] | None = None, **kw: object) -> tuple[dict, dict]:
-    return aggregate(name, {"w": global_w}, nodes, samples, server or {}, StrategyParams(**kw))
+    return aggregate(name, {"w": global_w}, nodes, samples, server or {}, params_for(name, **kw))
 
 
 def test_strategy_names() -> None:
@@ -61,7 +61,7 @@ def test_fedavg_keeps_dtype_and_copies_int_buffers_from_first_node() -> None:
         {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)},
     ]
     glob = {"w": torch.zeros(2), "n": torch.tensor(0)}
-    new, server = aggregate("fedavg", glob, nodes, [1, 1], {}, StrategyParams())
+    new, server = aggregate("fedavg", glob, nodes, [1, 1], {}, params_for("fedavg"))
     assert new["w"].dtype == torch.float32 and torch.equal(new["w"], torch.tensor([2.0, 3.5]))
     assert new["n"].dtype == torch.int64 and int(new["n"]) == 7
     assert server == {}
@@ -155,7 +155,7 @@ def test_inputs_are_not_mutated(name: str) -> None:
     server = {"m.w": t(0.5, 0.5), "v.w": t(1, 1)}
     snapshot = ({k: v.clone() for k, v in glob.items()}, [{k: v.clone() for k, v in s.items()} for s in nodes],
                 {k: v.clone() for k, v in server.items()})
-    new, new_server = aggregate(name, glob, nodes, [1, 2, 3], server, StrategyParams(trim_ratio=0.2))
+    new, new_server = aggregate(name, glob, nodes, [1, 2, 3], server, params_for(name, **({"trim_ratio": 0.2} if name == "trimmed_mean" else {})))
     for before, after in zip([snapshot[0], *snapshot[1], snapshot[2]], [glob, *nodes, server]):
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -171,23 +171,23 @@ def test_mismatched_shapes_and_keys() -> None:
     nodes = [{"a": torch.zeros(2), "b": torch.zeros(3)}, {"a": torch.zeros(2), "b": torch.zeros(4)}]
     glob = {"a": torch.zeros(2), "b": torch.zeros(3)}
     with pytest.raises(ValueError, match=r"'b'.*\(3,\).*\(4,\)"):
-        aggregate("fedavg", glob, nodes, [1, 1], {}, StrategyParams())
+        aggregate("fedavg", glob, nodes, [1, 1], {}, params_for("fedavg"))
     nodes[1] = {"a": torch.zeros(2)}
     with pytest.raises(ValueError, match="'b'"):
-        aggregate("fedavg", glob, nodes, [1, 1], {}, StrategyParams())
+        aggregate("fedavg", glob, nodes, [1, 1], {}, params_for("fedavg"))
     with pytest.raises(ValueError, match="empty"):
-        aggregate("fedavg", glob, [], [], {}, StrategyParams())
+        aggregate("fedavg", glob, [], [], {}, params_for("fedavg"))
 
 
 def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(InputError, match="fedavg.*trimmed_mean") as exc:
-        aggregate("fedavgx", {"w": t(0)}, states((1,)), [1], {}, StrategyParams())
+        aggregate("fedavgx", {"w": t(0)}, states((1,)), [1], {})
     assert exc.value.exit_code == 2 and "fedavgx" in str(exc.value)
 
 
 def test_kd_needs_models() -> None:
     with pytest.raises(ValueError, match="distill"):
-        aggregate("kd", {"w": t(0)}, states((1,)), [1], {}, StrategyParams())
+        aggregate("kd", {"w": t(0)}, states((1,)), [1], {}, params_for("kd", generators="gens"))
 
 
 def test_proximal_term_value_and_gradient() -> None:
