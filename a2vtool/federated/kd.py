@@ -12,14 +12,16 @@ if TYPE_CHECKING:  # torch is imported lazily so that the CLI starts fast
 
 def distill(global_model: nn.Module, node_models: list[nn.Module], class_owners: dict[str, list[int]],
             samples: dict[str, Tensor], *, epochs: int, lr: float, batch_size: int, weight_decay: float = 0.0,
-            seed: int = 0, optimizer_state: dict | None = None) -> dict[str, Any]:
+            seed: int = 0, optimizer_state: dict | None = None, scales: dict[str, float] | None = None,
+            targets: dict[str, dict[str, Tensor]] | None = None) -> dict[str, Any]:
     """Distil the node adapters into `global_model` on synthetic samples; returns losses + optimizer state.
 
     For each class c the target is the mean output of ONLY the nodes in `class_owners[c]` on
     `samples[c]` (n, T, D), computed once with the node models frozen (eval, no grad; their flags are
     restored afterwards). All slots of `global_model` are trained jointly with one AdamW on
-    loss = sum over slots of MSE(pred[slot], target[slot]), mini-batches shuffled each epoch by a
-    generator seeded from `seed`. Returns {"loss": final epoch mean loss, "loss_per_slot": {slot: loss},
+    loss = sum over slots of MSE(pred[slot], target[slot]) (divided by scales[slot]**2 when `scales` is given: the
+    standardised target space node training uses), mini-batches shuffled each epoch by a generator seeded from
+    `seed`. `targets` (from class_targets) skips recomputing the teachers' outputs. Returns {"loss": final epoch mean loss, "loss_per_slot": {slot: loss},
     "epoch_losses": [loss per epoch], "optimizer_state": AdamW state dict (pass it back next round)}.
     """
     import torch
@@ -36,7 +38,8 @@ def distill(global_model: nn.Module, node_models: list[nn.Module], class_owners:
         raise ValueError("distill: the global model has no trainable parameters")
     device = params[0].device
 
-    targets = _class_targets(node_models, class_owners, samples, classes, batch_size, device)
+    if targets is None:
+        targets = class_targets(node_models, class_owners, samples, batch_size, device)
     slots = sorted(targets[classes[0]])
 
     # global position -> (class index, row): avoids concatenating (possibly huge) sample tensors
@@ -74,6 +77,8 @@ def distill(global_model: nn.Module, node_models: list[nn.Module], class_owners:
                                 f"{tuple(t.shape)}"
                             )
                         slot_loss = torch.nn.functional.mse_loss(p, t.to(dtype=p.dtype))
+                        if scales is not None:
+                            slot_loss = slot_loss / float(scales[s]) ** 2
                         loss = slot_loss if loss is None else loss + slot_loss
                         slot_losses.append(slot_loss.detach().float())
                     assert loss is not None  # slots is non-empty (checked by _class_targets)
@@ -137,12 +142,12 @@ def _frozen(models: list[nn.Module]) -> Iterator[None]:
                 p.requires_grad_(rg)
 
 
-def _class_targets(node_models: list[nn.Module], class_owners: dict[str, list[int]],
-                   samples: dict[str, Tensor], classes: list[str], batch_size: int,
-                   device: Any) -> dict[str, dict[str, Tensor]]:
-    """class -> slot -> (n, ...) mean output of the class's owners, detached, on `device`."""
+def class_targets(node_models: list[nn.Module], class_owners: dict[str, list[int]], samples: dict[str, Tensor],
+                  batch_size: int, device: Any) -> dict[str, dict[str, Tensor]]:
+    """class -> slot -> (n, ...) mean output of the class's owners on its samples, detached, on `device`."""
     import torch
 
+    classes = sorted(samples)
     out: dict[str, dict[str, Tensor]] = {}
     slots: list[str] | None = None
     with _frozen(node_models), torch.no_grad():

@@ -106,6 +106,27 @@ def train_node(model: Any, opt: Any, cache: Any, entries: list[Any], targets: An
             "seconds": time.perf_counter() - t0}
 
 
+def class_space(targets: Any, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per slot: the mean class target and the unit-norm centred class targets (C, prod(shape)). Class targets share
+    a large common component (the template's words), so nearest-target search is cosine in the centred space."""
+    import torch.nn.functional as F
+
+    center = {k: v.flatten(1).to(device).mean(0) for k, v in targets.slots.items()}
+    tnorm = {k: F.normalize(v.flatten(1).to(device) - center[k], dim=1) for k, v in targets.slots.items()}
+    return center, tnorm
+
+
+def class_scores(pred: dict[str, Any], center: dict[str, Any], tnorm: dict[str, Any]) -> Any:
+    """(B, C) zero-shot scores of adapter outputs against every class target: centred cosine summed over slots."""
+    import torch.nn.functional as F
+
+    score = None
+    for k, tn in tnorm.items():
+        s = F.normalize(pred[k].flatten(1) - center[k], dim=1) @ tn.T
+        score = s if score is None else score + s
+    return score
+
+
 def evaluate(model: Any, groups: list[tuple[Any, list[Any]]], targets: Any, own_classes: list[str] | None,
              spec: EvalSpec, device: str) -> dict[str, Any]:
     """MSE and cosine per slot, and embedding-space zero-shot accuracy: the nearest class target (mean cosine
@@ -115,10 +136,7 @@ def evaluate(model: Any, groups: list[tuple[Any, list[Any]]], targets: Any, own_
 
     model.eval()
     classes = targets.classes
-    # Class targets share a large common component (the template's words), so nearest-target search is done
-    # after removing the mean target of the federation's classes: cosine in the centred space.
-    center = {k: v.flatten(1).to(device).mean(0) for k, v in targets.slots.items()}
-    tnorm = {k: F.normalize(v.flatten(1).to(device) - center[k], dim=1) for k, v in targets.slots.items()}
+    center, tnorm = class_space(targets, device)
     own_idx = torch.tensor([classes.index(c) for c in own_classes], device=device) if own_classes else None
     mse = {k: 0.0 for k in tnorm}
     cos = {k: 0.0 for k in tnorm}
@@ -128,15 +146,14 @@ def evaluate(model: Any, groups: list[tuple[Any, list[Any]]], targets: Any, own_
             for x, labels in _batches(cache, entries, list(range(len(entries))), spec.batch_size, None):
                 pred = model(x.to(device=device, dtype=torch.float32))
                 y = torch.tensor([classes.index(lab) for lab in labels], device=device)
-                score = torch.zeros(len(labels), len(classes), device=device)
-                for k, tn in tnorm.items():
+                for k in tnorm:
                     p = pred[k].flatten(1)
                     t = targets.slots[k].to(device).flatten(1).index_select(0, y)
                     if p.shape != t.shape:
                         raise ValueError(f"slot {k}: prediction shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
                     mse[k] += float(((p - t) ** 2).mean(dim=1).sum())
                     cos[k] += float(F.cosine_similarity(p, t, dim=1).sum())
-                    score += F.normalize(p - center[k], dim=1) @ tn.T
+                score = class_scores(pred, center, tnorm)
                 correct += int((score.argmax(1) == y).sum())
                 if own_idx is not None:
                     sub = score.index_select(1, own_idx).argmax(1)

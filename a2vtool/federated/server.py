@@ -176,7 +176,7 @@ class Federation:
         if not self.strategy.exchanges:
             return {}
         env = ServerEnv(round=r, seed=self.cfg.seed, build_model=self.build, class_owners=self.class_owners(),
-                        tokens=self.shape[0], generators=self.generators)
+                        tokens=self.shape[0], generators=self.generators, targets=self.targets)
         out = self.strategy.step(ServerInputs(self.global_model.state_dict(), [u.model for u in updates],
                                               [nd.count("train") for nd in self.nodes], self.server_state,
                                               self.cfg.strategy, self.server_opt, env))

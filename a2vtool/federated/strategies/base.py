@@ -39,7 +39,7 @@ class ServerEnv:
     class_owners: dict[str, list[int]]  # class -> indices of the nodes that trained on it
     tokens: int  # token count of the embeddings (sequence length of synthetic samples)
     generators: Any = None  # models.generator_store.GeneratorSet when the strategy needs generators
-    evaluate: Callable[[StateDict], float] | None = None  # a held-out score of a candidate global (higher = better)
+    targets: Any = None  # the federation's text targets (models.text_targets.TextTargets)
 
 
 @dataclass
