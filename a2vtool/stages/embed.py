@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from a2vtool import SCHEMA_VERSION, ui
 from a2vtool.artifacts import HashMemo, base_manifest, cache_key
 from a2vtool.audio.datasets import DatasetSpec
-from a2vtool.config import Strict, dump_config
+from a2vtool.config import StageConfig, Strict, dump_config
 from a2vtool.errors import A2VError, InputError
 from a2vtool.models.ast import check_token_mode
 
@@ -26,7 +26,7 @@ class AudioModelSpec(Strict):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit); ignored for folders.")
 
 
-class EmbedConfig(Strict):
+class EmbedConfig(StageConfig):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Which clips to embed.")
     model: AudioModelSpec = Field(default_factory=AudioModelSpec, description="The frozen audio encoder.")
     sample_rate: int | None = Field(None, description="Resample clips to this rate; None = the model's own rate.")
@@ -37,10 +37,8 @@ class EmbedConfig(Strict):
     batch_size: int = Field(8, ge=1, description="Clips per model forward pass.")
     num_workers: int = Field(2, ge=1, le=64, description="Threads decoding audio and extracting features ahead of the model.")
     shard_rows: int | None = Field(None, ge=1, description="Rows per shard file; None = about 256 MB per shard.")
-    cache_root: Path = Field(Path("cache/embeddings"), description="Folder holding one sub-folder per cache key.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    out: Path = Field(Path("cache/embeddings"), alias="cache_root", description="Cache root: one sub-folder per cache key.")
     strict: bool = Field(False, description="Fail (exit 2) if any clip cannot be read, instead of skipping it.")
-    seed: int = Field(0, description="Recorded only: AST inference is deterministic.")
 
     @field_validator("token_mode")
     @classmethod
@@ -85,7 +83,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     import torch
 
     from a2vtool.audio.datasets import read_dataset
-    from a2vtool.embeddings import CacheWriter
+    from a2vtool.embeddings import CacheWriter, clip_record
     from a2vtool.models.ast import feature_settings, load_feature_extractor
     from a2vtool.runtime import model_identity, resolve_device, resolve_dtype
 
@@ -98,14 +96,14 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.compute_dtype, device)
     store_dtype = torch.float16 if cfg.storage_dtype == "fp16" else torch.float32
 
-    cfg.cache_root.mkdir(parents=True, exist_ok=True)
-    memo = HashMemo(cfg.cache_root / ".filehash-memo.json")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    memo = HashMemo(cfg.out / ".filehash-memo.json")
     fe = load_feature_extractor(cfg.model.name_or_path, cfg.model.revision, cfg.sample_rate)
     sr = int(fe.sampling_rate)
     identity = model_identity(cfg.model.name_or_path, cfg.model.revision, memo)
     settings = settings_for(cfg, identity, feature_settings(fe), sr, str(dtype).replace("torch.", ""))
     key = cache_key(settings)
-    directory = cfg.cache_root / key[:16]
+    directory = cfg.out / key[:16]
     fresh = base_manifest("a2v.embeddings", key, dump_config(cfg), settings=settings, dtype=str(store_dtype).replace("torch.", ""),
                           shape=None, shards=[], items={}, clips=[])
 
@@ -132,7 +130,8 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
         if todo:
             computed = _compute(cfg, writer, todo, fe, sr, device, dtype, store_dtype, skipped)
         stored = [c for c in clips if item_of.get(c.clip_id) in writer.manifest["items"]]
-        _upsert_clips(writer.manifest, dataset_name, stored, item_of)
+        writer.upsert_clips([clip_record(dataset_name, c.clip_id, item_of[c.clip_id], c.label, c.split, c.fold,
+                                         str(c.path), c.meta_dict()) for c in stored])
         writer.manifest["config"] = dump_config(cfg)
         writer.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         writer.commit()
@@ -214,20 +213,6 @@ def _compute(cfg: EmbedConfig, writer: Any, todo: dict[str, Any], fe: Any, sr: i
     except torch.cuda.OutOfMemoryError:
         raise A2VError(f"CUDA out of memory at batch size {cfg.batch_size}", hint="lower --set batch_size") from None
     return done
-
-
-def _upsert_clips(manifest: dict[str, Any], dataset: str, clips: list[Any], item_of: dict[str, str]) -> None:
-    """Insert or update this dataset's clip entries, keeping manifest order stable."""
-    index = {(c["dataset"], c["clip_id"]): i for i, c in enumerate(manifest["clips"])}
-    for c in clips:
-        entry = {"dataset": dataset, "clip_id": c.clip_id, "item": item_of[c.clip_id], "label": c.label,
-                 "split": c.split, "fold": c.fold, "path": str(c.path)}
-        i = index.get((dataset, c.clip_id))
-        if i is None:
-            index[(dataset, c.clip_id)] = len(manifest["clips"])
-            manifest["clips"].append(entry)
-        else:
-            manifest["clips"][i] = entry
 
 
 __all__ = ["EmbedConfig", "AudioModelSpec", "run", "settings_for"]
