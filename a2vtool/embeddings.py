@@ -22,9 +22,13 @@ SHARD_KIND = "a2v.embeddings.shard"
 TENSOR = "embeddings"
 
 
+# columns every entry has besides its `meta`; `Entry.get` and the natural partition read them by these names
+ENTRY_COLUMNS = ("dataset", "clip_id", "label", "split", "fold")
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One clip of one dataset in a cache: where its row lives and its label."""
+    """One clip of one dataset in a cache: where its row lives, its label, and the dataset's metadata for it."""
 
     index: int
     dataset: str
@@ -34,6 +38,29 @@ class Entry:
     split: str | None
     fold: int | None
     path: str
+    # extra listing columns (csv columns such as speaker, ESC-50 target/take, VEGAS/VGGSound ytid/start); {} for caches
+    # written before metadata was kept. Not part of equality or hashing.
+    meta: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def get(self, column: str) -> str | None:
+        """The value of `column` for this clip as a string: one of ENTRY_COLUMNS or a `meta` key; None if absent."""
+        if column in ENTRY_COLUMNS:
+            value = getattr(self, column)
+            return None if value is None else str(value)
+        return self.meta.get(column)
+
+
+def clip_record(dataset: str, clip_id: str, item: str, label: str, split: str | None = None, fold: int | None = None,
+                path: str = "", meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """THE manifest entry of one dataset clip (the listing, not the embedding: it is not part of the cache key)."""
+    return {"dataset": dataset, "clip_id": clip_id, "item": item, "label": label, "split": split, "fold": fold,
+            "path": path, "meta": {str(k): str(v) for k, v in (meta or {}).items()}}
+
+
+def entry_of(index: int, c: dict[str, Any]) -> Entry:
+    """An Entry from a manifest clip record (records of older caches lack `meta`, `path`, ...: defaults apply)."""
+    return Entry(index, c["dataset"], c["clip_id"], c["item"], c["label"], c.get("split"), c.get("fold"),
+                 c.get("path", ""), dict(c.get("meta") or {}))
 
 
 class _ShardRows:
@@ -87,10 +114,7 @@ class EmbeddingCache:
         self.settings: dict[str, Any] = self.manifest["settings"]
         self.shape: tuple[int, int] = tuple(self.manifest.get("shape") or (0, 0))  # type: ignore[assignment]
         self._items: dict[str, list[int]] = self.manifest["items"]
-        self._entries = [
-            Entry(i, c["dataset"], c["clip_id"], c["item"], c["label"], c.get("split"), c.get("fold"), c.get("path", ""))
-            for i, c in enumerate(self.manifest["clips"])
-        ]
+        self._entries = [entry_of(i, c) for i, c in enumerate(self.manifest["clips"])]
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._max_open = max_open
 
@@ -308,6 +332,19 @@ class CacheWriter:
 
     def has(self, item: str) -> bool:
         return item in self.manifest["items"]
+
+    def upsert_clips(self, records: list[dict[str, Any]]) -> None:
+        """Insert or replace clip records (from `clip_record`) by (dataset, clip_id), keeping manifest order stable;
+        takes effect at the next commit."""
+        clips = self.manifest["clips"]
+        index = {(c["dataset"], c["clip_id"]): i for i, c in enumerate(clips)}
+        for rec in records:
+            i = index.get((rec["dataset"], rec["clip_id"]))
+            if i is None:
+                index[(rec["dataset"], rec["clip_id"])] = len(clips)
+                clips.append(rec)
+            else:
+                clips[i] = rec
 
     def add(self, item: str, row: Any) -> None:
         self.pending.append((item, row))

@@ -84,19 +84,20 @@ def clear_cache(directory: Path) -> int:
 
 def import_tensors(
     directory: Path,
-    rows: list[tuple[str, str, str | None, Any]],
+    rows: list[tuple[Any, ...]],
     *,
     dataset: str = "imported",
     settings: dict[str, Any] | None = None,
     shard_rows: int = 256,
 ) -> Path:
-    """Write a cache from in-memory rows (clip_id, label, split, (T, D) tensor): for embeddings computed elsewhere
-    and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
+    """Write a cache from in-memory rows (clip_id, label, split, (T, D) tensor[, meta dict]): for embeddings computed
+    elsewhere and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
     import hashlib
 
     import torch
 
     from a2vtool.artifacts import base_manifest, cache_key
+    from a2vtool.embeddings import clip_record
 
     settings = {"schema_version": 1, "source": "import", "token_mode": "imported", "model": {"imported": dataset},
                 **(settings or {})}
@@ -105,14 +106,13 @@ def import_tensors(
     fresh = base_manifest(KIND, key, {"import": dataset}, settings=settings, dtype=dtype, shape=None, shards=[], items={}, clips=[])
     w = CacheWriter.open(Path(directory), fresh)
     try:
-        for clip_id, label, split, t in rows:
+        for clip_id, label, split, t, *rest in rows:
             item = hashlib.sha256(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
             if not w.has(item) and item not in {i for i, _ in w.pending}:
                 w.add(item, t.detach().cpu())
             if len(w.pending) >= shard_rows:
                 w.flush()
-            w.manifest["clips"].append({"dataset": dataset, "clip_id": clip_id, "item": item, "label": label,
-                                        "split": split, "fold": None, "path": ""})
+            w.manifest["clips"].append(clip_record(dataset, clip_id, item, label, split, meta=rest[0] if rest else None))
         w.flush()
         w.commit()
     finally:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from a2vtool.audio.datasets import AUDIO_SUFFIXES, Clip, DatasetSpec, Skipped
+from a2vtool.audio.records import AUDIO_SUFFIXES, Clip, DatasetSpec, Skipped
 from a2vtool.errors import InputError
 
 

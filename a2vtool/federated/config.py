@@ -27,11 +27,30 @@ class NodeSpec(Strict):
 
 
 class PartitionSpec(Strict):
-    kind: Literal["iid", "dirichlet", "classes_per_node"] = Field("iid", description="How to deal clips to nodes.")
-    num_nodes: int = Field(4, ge=1, description="Number of nodes to build.")
+    # the kinds are the keys of a2vtool.federated.partition.PARTITIONERS (checked when that module is imported)
+    kind: Literal["iid", "dirichlet", "classes_per_node", "natural"] = Field(
+        "iid", description="How to deal clips to nodes: iid, dirichlet, classes_per_node, or natural (one node per value of the metadata column `by`).")
+    num_nodes: int | None = Field(None, ge=1, description="Number of nodes (default 4). natural: merge the values into N nodes, round-robin over the sorted values, when there are more than N; default one node per value.")
+    by: str | None = Field(None, min_length=1, description="natural: the clip metadata column whose values become the nodes (speaker, fold, split, a csv column, ytid, ...).")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (small = skewed).")
     classes_per_node: int = Field(1, ge=1, description="classes_per_node: classes each node holds.")
     samples_per_class: int | None = Field(None, ge=1, description="Cap on clips per class before dealing.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_num_nodes(cls, data: object) -> object:
+        """Dealing partitioners default to 4 nodes (resolved here, so their stored configs keep `num_nodes: 4`)."""
+        if isinstance(data, dict) and data.get("kind", "iid") != "natural" and data.get("num_nodes") is None:
+            return {**data, "num_nodes": 4}
+        return data
+
+    @model_validator(mode="after")
+    def _natural_by(self) -> PartitionSpec:
+        if self.kind == "natural" and self.by is None:
+            raise ValueError("kind natural needs `by`: the metadata column whose values become nodes (e.g. speaker)")
+        if self.kind != "natural" and self.by is not None:
+            raise ValueError(f"`by` is only used by kind natural, not {self.kind}; remove it")
+        return self
 
 
 class DataSpec(Strict):

@@ -119,6 +119,8 @@ class GeneratorSet:
         self.granularity: str = manifest.get("granularity", "")
         # False for unconditioned unified / per_group generators: their samples come from a mixture of classes
         self.class_specific: bool = bool(manifest.get("class_specific", True))
+        # which generator KD should use, from the quality report ({} for artifacts made before it was recorded)
+        self.recommended_for_kd: dict[str, Any] = dict(manifest.get("recommended_for_kd") or {})
 
     def generator_for(self, class_name: str) -> TokenGenerator:
         return self._models[self._lookup(class_name)[0]]

@@ -1,4 +1,4 @@
-"""Generators of audio embeddings (VAE, conditioned VAE, GAN) over a compact token sequence, with one interface."""
+"""Generators of audio embeddings (VAE, conditioned VAE, GAN, Gaussian) over a compact token sequence, with one interface."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from a2vtool.errors import InputError
 if TYPE_CHECKING:
     from a2vtool.models.text_targets import TextTargets
 
-GENERATOR_TYPES = ("vae", "cvae", "gan")
+GENERATOR_TYPES = ("vae", "cvae", "gan", "gaussian")
 ARCH_VERSION = 1
 MAX_SEQUENCE_LENGTH = 16384  # longest output a generator will interpolate to (AST full = 1214)
 UPSAMPLE_WARN_FACTOR = 64  # output/compact token ratio above which sample() warns (4 -> 1214 is 303x)
+GAUSSIAN_FULL_MAX_DIM = 1024  # gaussian: full covariance up to S*D = 1024 values per clip, low-rank + diagonal above
+GAUSSIAN_RANK = 32  # gaussian: principal directions kept by the low-rank + diagonal covariance
 
 
 class UpsampleWarning(UserWarning):
@@ -90,7 +92,23 @@ def make_arch(kind: str, seq_len: int, token_dim: int, *, hidden_dim: int = 256,
     return arch
 
 
+def make_gaussian_arch(seq_len: int, token_dim: int, *, rank: int = GAUSSIAN_RANK,
+                       full_max_dim: int = GAUSSIAN_FULL_MAX_DIM) -> dict[str, Any]:
+    """Architecture of a Gaussian over the flattened S*D tokens: full covariance when S*D <= `full_max_dim`, else
+    `rank` principal directions plus a residual diagonal. `latent_dim` is the number of normals drawn per sample."""
+    dim = seq_len * token_dim
+    full = dim <= full_max_dim
+    k = 0 if full else max(1, min(rank, dim))
+    arch = {"type": "gaussian", "version": ARCH_VERSION, "seq_len": seq_len, "token_dim": token_dim,
+            "covariance": "full" if full else "lowrank", "rank": k, "latent_dim": dim if full else k + dim, "cond_dim": 0}
+    check_arch(arch)
+    return arch
+
+
 def check_arch(arch: dict[str, Any]) -> None:
+    if arch.get("type") == "gaussian":
+        _check_gaussian_arch(arch)
+        return
     need = ("type", "seq_len", "token_dim", "hidden_dim", "latent_dim", "cond_dim", "depth", "dropout")
     missing = [k for k in need if k not in arch]
     if missing:
@@ -104,6 +122,25 @@ def check_arch(arch: dict[str, Any]) -> None:
             raise InputError(f"generator architecture {k}={arch[k]!r} must be a positive integer")
     if (arch["type"] == "cvae") != (arch["cond_dim"] > 0):
         raise InputError(f"generator type {arch['type']!r} with cond_dim={arch['cond_dim']}: only cvae takes a condition")
+
+
+def _check_gaussian_arch(arch: dict[str, Any]) -> None:
+    missing = [k for k in ("seq_len", "token_dim", "covariance", "rank", "latent_dim", "cond_dim") if k not in arch]
+    if missing:
+        raise InputError(f"gaussian generator architecture lacks {', '.join(missing)}")
+    if arch.get("version", ARCH_VERSION) != ARCH_VERSION:
+        raise InputError(f"generator architecture version {arch.get('version')} is not {ARCH_VERSION}")
+    for k in ("seq_len", "token_dim"):
+        if not isinstance(arch[k], int) or isinstance(arch[k], bool) or arch[k] < 1:
+            raise InputError(f"generator architecture {k}={arch[k]!r} must be a positive integer")
+    dim = arch["seq_len"] * arch["token_dim"]
+    cov, k = arch["covariance"], arch["rank"]
+    if cov not in ("full", "lowrank") or not isinstance(k, int) or (cov == "full") != (k == 0) or not 0 <= k <= dim:
+        raise InputError(f"gaussian architecture covariance={cov!r} rank={k!r}: use full with rank 0, or lowrank with "
+                         f"rank 1..{dim}")
+    if arch["latent_dim"] != (dim if cov == "full" else k + dim) or arch["cond_dim"] != 0:
+        raise InputError(f"gaussian architecture latent_dim={arch['latent_dim']} cond_dim={arch['cond_dim']} do not "
+                         f"match its covariance (a gaussian takes no condition)")
 
 
 class MixerBlock(nn.Module):
@@ -275,14 +312,73 @@ class GAN(TokenGenerator):
         return self.generator(z)
 
 
+class Gaussian(TokenGenerator):
+    """A Gaussian over the flattened (S, D) tokens, fitted in closed form (`fit`): the baseline and the fallback.
+
+    Works in standardised units (the shared mean/std buffers). Full covariance: `factor` (S*D, S*D) with
+    factor @ factor.T = the sample covariance (symmetric square root from eigh, fine when singular). Low rank:
+    `factor` (S*D, rank) = the top principal directions scaled by their standard deviations, plus `residual` (S*D,),
+    the standard deviation left on each element, so the covariance is exact on its diagonal and on those directions.
+    A sample is factor @ z (+ residual * e) with z, e ~ N(0, I) drawn from the caller's torch.Generator.
+    """
+
+    def __init__(self, arch: dict[str, Any]) -> None:
+        super().__init__(arch)
+        dim = self.seq_len * self.token_dim
+        self.rank = int(arch["rank"])
+        self.register_buffer("factor", torch.zeros(dim, self.rank or dim))
+        if self.rank:
+            self.register_buffer("residual", torch.zeros(dim))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Fit mean and covariance to raw training tokens (n, S, D), n >= 1 (unbiased covariance, as numpy.cov)."""
+        self.set_stats(x)
+        z = self.standardize(x.float()).reshape(len(x), -1).double()
+        z = z - z.mean(dim=0)
+        n = max(len(x) - 1, 1)
+        if self.rank == 0:
+            evals, evecs = torch.linalg.eigh(z.T @ z / n)
+            self.factor.copy_((evecs * evals.clamp_min(0).sqrt()).float())
+        else:
+            _, sv, vh = torch.linalg.svd(z / math.sqrt(n), full_matrices=False)
+            k = min(self.rank, len(sv))
+            top = vh[:k].T * sv[:k]  # (dim, k)
+            self.factor.zero_()
+            self.factor[:, :k] = top.float()
+            left = (z.pow(2).sum(dim=0) / n - top.pow(2).sum(dim=1)).clamp_min(0)
+            self.residual.copy_(left.sqrt().float())
+
+    def covariance(self) -> Tensor:
+        """The fitted covariance of the flattened tokens in original units, (S*D, S*D)."""
+        c = self.factor.double() @ self.factor.double().T
+        if self.rank:
+            c = c + torch.diag(self.residual.double().pow(2))
+        s = self.std.reshape(-1).double()
+        return c * s[:, None] * s[None, :]
+
+    def decode(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.rank:
+            y = z[:, : self.rank] @ self.factor.T + z[:, self.rank :] * self.residual
+        else:
+            y = z @ self.factor.T
+        return y.reshape(len(z), self.seq_len, self.token_dim)
+
+
 def build_generator(arch: dict[str, Any]) -> TokenGenerator:
-    """Rebuild a generator from its manifest architecture (weights are random until loaded)."""
+    """Rebuild a generator from its manifest architecture (weights are random, Gaussians empty, until loaded)."""
     check_arch(arch)
+    if arch["type"] == "gaussian":
+        return Gaussian(arch)
     return GAN(arch) if arch["type"] == "gan" else VAE(arch)
 
 
 def param_count(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters: `total` (everything trained) and `sampler` (what sample() runs: decoder / G)."""
+    """Trainable parameters: `total` (everything trained) and `sampler` (what sample() runs: decoder / G).
+    A Gaussian trains nothing: its counts are the fitted statistics it stores (mean, std, factor, residual)."""
+    if isinstance(model, Gaussian):
+        stats = sum(b.numel() for b in model.buffers())
+        return {"total": stats, "sampler": stats}
     total = sum(p.numel() for p in model.parameters())
     part = getattr(model, "decoder", None) or getattr(model, "generator", None)
     sampler = sum(p.numel() for p in part.parameters()) if isinstance(part, nn.Module) else total

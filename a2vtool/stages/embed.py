@@ -85,7 +85,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     import torch
 
     from a2vtool.audio.datasets import read_dataset
-    from a2vtool.embeddings import CacheWriter
+    from a2vtool.embeddings import CacheWriter, clip_record
     from a2vtool.models.ast import feature_settings, load_feature_extractor
     from a2vtool.runtime import model_identity, resolve_device, resolve_dtype
 
@@ -132,7 +132,8 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
         if todo:
             computed = _compute(cfg, writer, todo, fe, sr, device, dtype, store_dtype, skipped)
         stored = [c for c in clips if item_of.get(c.clip_id) in writer.manifest["items"]]
-        _upsert_clips(writer.manifest, dataset_name, stored, item_of)
+        writer.upsert_clips([clip_record(dataset_name, c.clip_id, item_of[c.clip_id], c.label, c.split, c.fold,
+                                         str(c.path), c.meta_dict()) for c in stored])
         writer.manifest["config"] = dump_config(cfg)
         writer.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         writer.commit()
@@ -214,20 +215,6 @@ def _compute(cfg: EmbedConfig, writer: Any, todo: dict[str, Any], fe: Any, sr: i
     except torch.cuda.OutOfMemoryError:
         raise A2VError(f"CUDA out of memory at batch size {cfg.batch_size}", hint="lower --set batch_size") from None
     return done
-
-
-def _upsert_clips(manifest: dict[str, Any], dataset: str, clips: list[Any], item_of: dict[str, str]) -> None:
-    """Insert or update this dataset's clip entries, keeping manifest order stable."""
-    index = {(c["dataset"], c["clip_id"]): i for i, c in enumerate(manifest["clips"])}
-    for c in clips:
-        entry = {"dataset": dataset, "clip_id": c.clip_id, "item": item_of[c.clip_id], "label": c.label,
-                 "split": c.split, "fold": c.fold, "path": str(c.path)}
-        i = index.get((dataset, c.clip_id))
-        if i is None:
-            index[(dataset, c.clip_id)] = len(manifest["clips"])
-            manifest["clips"].append(entry)
-        else:
-            manifest["clips"][i] = entry
 
 
 __all__ = ["EmbedConfig", "AudioModelSpec", "run", "settings_for"]

@@ -16,6 +16,8 @@ from a2vtool.config import Strict, dump_config, load_config
 from a2vtool.errors import InputError
 
 KIND = "a2v.generators"
+AUTO_SEQUENCE_MAX = 64  # training_sequence_length default: the cache's own token count up to this many tokens ...
+AUTO_SEQUENCE_FALLBACK = 4  # ... else this many pooled tokens
 
 
 class TextTargetsSpec(Strict):
@@ -31,11 +33,15 @@ class TrainGeneratorConfig(Strict):
     dataset: str | None = Field(None, description="Dataset inside the cache; None = every dataset.")
     classes: list[str] | None = Field(None, description="Classes to model; None = every class (per_group: the grouped ones).")
     splits: list[str] | None = Field(None, description='Splits to train on; None = ["train"] if the cache has it, else all clips.')
-    generator: Literal["vae", "cvae", "gan"] = Field("vae", description="vae, cvae (conditioned on text targets) or gan.")
+    generator: Literal["vae", "cvae", "gan", "gaussian"] = Field(
+        "vae", description="vae, cvae (conditioned on text targets), gan, or gaussian (per-class mean and covariance, fitted in closed form).")
     granularity: Literal["unified", "per_class", "per_group"] = Field("per_class", description="One generator for all classes, per class, or per group.")
     groups: dict[str, list[str]] | None = Field(None, description="per_group: {group: [classes]}.")
     default_group: str | None = Field(None, description="per_group: group for classes listed in no group (else an error).")
-    training_sequence_length: int = Field(4, ge=1, le=1024, description="Compact tokens the generator models (<=64 recommended).")
+    training_sequence_length: int | None = Field(
+        None, ge=1, le=1024, description=f"Compact tokens the generator models (<=64 recommended); None = the cache's token count when it is <= {AUTO_SEQUENCE_MAX} (no interpolation), else {AUTO_SEQUENCE_FALLBACK}.")
+    gaussian_rank: int = Field(32, ge=1, description="gaussian: principal directions of the low-rank + diagonal covariance (used when S*D > gaussian_full_max_dim).")
+    gaussian_full_max_dim: int = Field(1024, ge=1, description="gaussian: full covariance when S*D (training tokens x token dim) is at most this, else low-rank + diagonal.")
     hidden_dim: int = Field(256, ge=4, description="Width of the token MLPs.")
     latent_dim: int = Field(32, ge=1, description="Latent size.")
     depth: int = Field(2, ge=0, le=8, description="Mixer blocks in encoder and decoder.")
@@ -70,6 +76,10 @@ class TrainGeneratorConfig(Strict):
 def combination_problems(cfg: TrainGeneratorConfig) -> list[str]:
     """Generator type vs granularity vs targets vs groups, checked before anything is loaded."""
     out = []
+    if cfg.generator == "gaussian" and cfg.granularity != "per_class":
+        out.append(f"generator 'gaussian' with granularity {cfg.granularity!r}: a Gaussian is fitted per class (one "
+                   "Gaussian over several classes is their blurred mixture, the 'one Gaussian for all' baseline); use "
+                   "granularity 'per_class'")
     if cfg.generator == "cvae" and cfg.granularity == "per_class":
         out.append("generator 'cvae' with granularity 'per_class': each generator sees one class, so its condition is "
                    "constant and useless; use 'vae' per_class, or 'cvae' with 'unified' or 'per_group'")
@@ -130,6 +140,14 @@ def _plans(cfg: TrainGeneratorConfig, classes: list[str]) -> list[Plan]:
     return [Plan(f"group-{g}", g, cs) for g, cs in grouped.items() if cs]  # config order; empty groups skipped
 
 
+def sequence_length_for(requested: int | None, cache_tokens: int) -> int:
+    """Tokens a generator models: `requested` (never more than the cache has); by default the cache's own count when
+    it is at most AUTO_SEQUENCE_MAX (samples then need no interpolation), else AUTO_SEQUENCE_FALLBACK pooled tokens."""
+    if requested is None:
+        return cache_tokens if cache_tokens <= AUTO_SEQUENCE_MAX else AUTO_SEQUENCE_FALLBACK
+    return min(requested, cache_tokens)
+
+
 def prepare(cfg: TrainGeneratorConfig) -> Prepared:
     """Select the clips, pool them to the compact length (streamed), split train/val, load text targets."""
     import torch
@@ -164,9 +182,9 @@ def prepare(cfg: TrainGeneratorConfig) -> Prepared:
         if not entries:
             raise InputError(f"no clips in {cfg.embeddings} for splits {splits or 'all'}", hint="check `splits` and `dataset`")
         tokens, dim = int(cache.shape[0]), int(cache.shape[1])
-        seq = min(cfg.training_sequence_length, tokens)
+        seq = sequence_length_for(cfg.training_sequence_length, tokens)
         notes = []
-        if seq < cfg.training_sequence_length:
+        if cfg.training_sequence_length is not None and seq < cfg.training_sequence_length:
             notes.append(f"the cache holds {tokens} token(s) per clip: modelling {seq}, not {cfg.training_sequence_length}")
         chunks = []
         with ui.progress(f"pooling {len(entries)} clips to {seq} tokens", len(entries)) as advance:
@@ -208,11 +226,14 @@ def build_for(cfg: TrainGeneratorConfig, prep: Prepared, plan: Plan, index: int)
     import torch
 
     from a2vtool.models.generator_train import GenData
-    from a2vtool.models.generators import build_condition, build_generator, make_arch
+    from a2vtool.models.generators import build_condition, build_generator, make_arch, make_gaussian_arch
 
     cond = build_condition(prep.targets, plan.classes, prep.seq_len) if cfg.generator == "cvae" else None
-    arch = make_arch(cfg.generator, prep.seq_len, prep.token_dim, hidden_dim=cfg.hidden_dim, latent_dim=cfg.latent_dim,
-                     cond_dim=0 if cond is None else int(cond.shape[-1]), depth=cfg.depth, dropout=cfg.dropout)
+    if cfg.generator == "gaussian":
+        arch = make_gaussian_arch(prep.seq_len, prep.token_dim, rank=cfg.gaussian_rank, full_max_dim=cfg.gaussian_full_max_dim)
+    else:
+        arch = make_arch(cfg.generator, prep.seq_len, prep.token_dim, hidden_dim=cfg.hidden_dim, latent_dim=cfg.latent_dim,
+                         cond_dim=0 if cond is None else int(cond.shape[-1]), depth=cfg.depth, dropout=cfg.dropout)
     torch.manual_seed(cfg.seed * 1000 + index)
     model = build_generator(arch)
     row = {c: i for i, c in enumerate(plan.classes)}
@@ -223,7 +244,10 @@ def build_for(cfg: TrainGeneratorConfig, prep: Prepared, plan: Plan, index: int)
         return GenData(prep.x[keep], cls if cond is not None else None, cond)
 
     tr, va = data(prep.train_idx), data(prep.val_idx)
-    model.set_stats(tr.x)
+    if cfg.generator == "gaussian":
+        model.fit(tr.x)  # closed form: mean and covariance of the training tokens (and the standardisation)
+    else:
+        model.set_stats(tr.x)
     tr.x, va.x = model.standardize(tr.x), model.standardize(va.x)
     return model, tr, va, cond
 
@@ -240,7 +264,7 @@ def run(cfg: TrainGeneratorConfig) -> dict[str, Any]:
     """Train every generator, evaluate it against held-out clips and baselines, write the artifact; return a summary."""
     from a2vtool.models.generator_metrics import evaluate, features
     from a2vtool.models.generator_store import StoredGenerator, save_generator_set
-    from a2vtool.models.generator_train import fit
+    from a2vtool.models.generator_train import FitResult, fit
     from a2vtool.models.generators import param_count
     from a2vtool.runtime import resolve_device, seed_everything, torch_generator
 
@@ -249,7 +273,7 @@ def run(cfg: TrainGeneratorConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.granularity != "per_group" and (cfg.groups or cfg.default_group):
         ui.warn(f"groups/default_group are ignored with granularity {cfg.granularity!r}")
-    if cfg.training_sequence_length > 64:
+    if cfg.training_sequence_length is not None and cfg.training_sequence_length > 64:
         ui.warn(f"training_sequence_length {cfg.training_sequence_length} > 64: more memory per clip for little gain")
     prep = prepare(cfg)
     for note in prep.notes:
@@ -263,11 +287,15 @@ def run(cfg: TrainGeneratorConfig) -> dict[str, Any]:
     for i, plan in enumerate(prep.plans):
         model, tr, va, cond = build_for(cfg, prep, plan, i)
         counts = param_count(model)
-        ui.info(f"generator {plan.name}: {counts['total']:,} parameters ({counts['sampler']:,} sample), "
-                f"{len(tr)} train / {len(va)} val clips, tokens {prep.seq_len}x{prep.token_dim}")
-        with ui.progress(f"train {plan.name}", cfg.epochs) as advance:
-            res = fit(model, tr, va, settings, generator=torch_generator(cfg.seed + i), device=device, name=plan.name,
-                      on_epoch=lambda r, adv=advance: adv(status=f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
+        size = (f"{counts['total']:,} fitted statistics ({model.arch['covariance']} covariance)" if cfg.generator == "gaussian"
+                else f"{counts['total']:,} parameters ({counts['sampler']:,} sample)")
+        ui.info(f"generator {plan.name}: {size}, {len(tr)} train / {len(va)} val clips, tokens {prep.seq_len}x{prep.token_dim}")
+        if cfg.generator == "gaussian":
+            res = FitResult(best_val=None)  # type: ignore[arg-type]  # closed form (fitted in build_for): no epochs
+        else:
+            with ui.progress(f"train {plan.name}", cfg.epochs) as advance:
+                res = fit(model, tr, va, settings, generator=torch_generator(cfg.seed + i), device=device, name=plan.name,
+                          on_epoch=lambda r, adv=advance: adv(status=f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
         model.cpu()
         for j, c in enumerate(plan.classes):
             g = torch_generator(cfg.seed * 7919 + 104729 + len(generated))
@@ -280,17 +308,48 @@ def run(cfg: TrainGeneratorConfig) -> dict[str, Any]:
     real = {c: features(prep.x[[i for i in prep.val_idx if prep.labels[i] == c]]) for c in prep.classes}
     train = {c: features(prep.x[[i for i in prep.train_idx if prep.labels[i] == c]]) for c in prep.classes}
     metrics = evaluate(real, generated, train, n=cfg.eval_samples, k=cfg.knn_k, seed=cfg.seed)
+    rec = recommend_for_kd(metrics["summary"], cfg.generator, class_specific)
+    metrics["summary"]["recommended_for_kd"] = rec
+    metrics["summary"]["verdict"] = (metrics["summary"].get("verdict", "") + " " + rec["line"]).strip()
     key = artifact_key(cfg, prep)
     extra = {"generator": cfg.generator, "granularity": cfg.granularity, "classes": prep.classes,
              "class_specific": class_specific, "embedding_key": prep.cache_key,
              "targets_key": getattr(prep.targets, "key", None), "targets_family": getattr(prep.targets, "family", None),
              "token_dim": prep.token_dim, "cache_tokens": prep.cache_tokens, "training_sequence_length": prep.seq_len,
-             "metrics": metrics}
+             "metrics": metrics, "recommended_for_kd": rec}
     save_generator_set(cfg.out, stored, key=key, config=dump_config(cfg), **extra)
     return {"out": str(cfg.out), "manifest": str(Path(cfg.out) / "manifest.json"), "key": key, **{
         k: extra[k] for k in ("generator", "granularity", "classes", "class_specific", "token_dim", "cache_tokens",
-                              "training_sequence_length")}, "generators": rows, "metrics": metrics,
+                              "training_sequence_length", "recommended_for_kd")}, "generators": rows, "metrics": metrics,
         "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def recommend_for_kd(summary: dict[str, Any], generator: str, class_specific: bool) -> dict[str, Any]:
+    """Which generator KD should use, by mean Fréchet distance on held-out clips: this artifact's generator when it
+    beats the per-class Gaussian baseline, else a per-class `gaussian` (the fallback; also when FD cannot be judged
+    or the samples are not class-specific). Returns {"generator", "use_this_artifact", "fd", "gaussian_fd", "line"}."""
+    import math
+
+    fd = summary.get("generator", {}).get("fd", float("nan"))
+    gfd = summary.get("gaussian_class", {}).get("fd", float("nan"))
+    base = {"fd": fd if math.isfinite(fd) else None, "gaussian_fd": gfd if math.isfinite(gfd) else None}
+    if generator == "gaussian":
+        why = f"mean FD {fd:.3g}" if math.isfinite(fd) else "the baseline"
+        return {"generator": "gaussian", "use_this_artifact": True, **base,
+                "line": f"KD: use this artifact (per-class gaussian, {why})."}
+    fallback = "train one with `a2vtool train-generator --generator gaussian` and set strategy.kd.generators to it"
+    if not class_specific:
+        return {"generator": "gaussian", "use_this_artifact": False, **base,
+                "line": f"KD: use a per-class gaussian, not this {generator} (its samples ignore the class); {fallback}."}
+    if not (math.isfinite(fd) and math.isfinite(gfd)):
+        return {"generator": "gaussian", "use_this_artifact": False, **base,
+                "line": f"KD: use a per-class gaussian (too few held-out clips to judge this {generator}); {fallback}."}
+    if fd < gfd:
+        return {"generator": generator, "use_this_artifact": True, **base,
+                "line": f"KD: use this {generator} (mean FD {fd:.3g} beats the per-class Gaussian's {gfd:.3g})."}
+    return {"generator": "gaussian", "use_this_artifact": False, **base,
+            "line": f"KD: use a per-class gaussian: this {generator} (mean FD {fd:.3g}) loses to the per-class Gaussian "
+                    f"({gfd:.3g}); {fallback}."}
 
 
 class TrainGeneratorWorkload:
@@ -312,12 +371,17 @@ class TrainGeneratorWorkload:
         settings = train_settings(self.cfg)
         for i, plan in enumerate(prep.plans):
             model, tr, _, _ = build_for(self.cfg, prep, plan, i)
-            self.states.append((plan.name, make_state(model, settings, device), tr.to(device), torch_generator(self.cfg.seed + i)))
+            state = None if self.cfg.generator == "gaussian" else make_state(model, settings, device)
+            self.states.append((plan.name, state or model, tr.to(device), torch_generator(self.cfg.seed + i)))
 
     def run_round(self, r: int, on_step: Callable[[str], None]) -> None:
         from a2vtool.models.generator_train import train_epoch
 
         for name, state, data, gen in self.states:
+            if self.cfg.generator == "gaussian":  # a round of a closed-form fit is a refit
+                state.fit(data.x * state.std + state.mean)
+                on_step(f"{name} fit")
+                continue
             epoch = min(r, state.settings.epochs - 1)
             train_epoch(state, data, epoch=epoch, generator=gen, on_step=lambda s, n=name: on_step(f"{n} {s}"))
 

@@ -17,7 +17,7 @@ from a2vtool.config import validate
 from a2vtool.embeddings import import_tensors
 from a2vtool.errors import InputError
 from a2vtool.federated.config import FederateConfig
-from a2vtool.federated.partition import build_nodes, stratified_split
+from a2vtool.federated.partition import build_nodes, node_count, stratified_split
 
 CLASSES = ["cat", "dog", "frog", "rain"]
 PER_CLASS = 20
@@ -169,3 +169,85 @@ def test_same_seed_same_partition(cache: Path) -> None:
     a = build_nodes(cfg(cache, seed=1, data={"split_seed": 9, "partition": {"kind": "iid", "num_nodes": 3}}))
     b = build_nodes(cfg(cache, seed=2, data={"split_seed": 9, "partition": {"kind": "iid", "num_nodes": 3}}))
     assert [clips(n) for n in a] == [clips(n) for n in b]
+
+
+# ------------------------------------------------------------------------------------------- natural
+SPEAKERS = {"ann": 10, "bob": 10, "c d": 5}  # clips per class; "c d" needs sanitising in a node name
+
+
+@pytest.fixture(scope="module")
+def speaker_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    g = torch.Generator().manual_seed(1)
+    rows = [(f"{s}/{c}-{i:02d}", c, None, torch.randn(2, 4, generator=g), {"speaker": s, "session": str([2, 10, 1][i % 3])})
+            for s, k in SPEAKERS.items() for c in CLASSES[:3] for i in range(k)]
+    rows.append(("ann/dog-nosession", "dog", None, torch.randn(2, 4, generator=g), {"speaker": "ann"}))
+    return import_tensors(tmp_path_factory.mktemp("natural") / "emb", rows, dataset="spoken")
+
+
+def natural(cache: Path, **part: Any) -> FederateConfig:
+    return cfg(cache, data={"partition": {"kind": "natural", "by": "speaker", **part}})
+
+
+def test_natural_partition_one_node_per_value(speaker_cache: Path) -> None:
+    nodes = build_nodes(natural(speaker_cache))
+    assert [n.name for n in nodes] == ["speaker-ann", "speaker-bob", "speaker-c_d"]
+    for n, (spk, k) in zip(nodes, SPEAKERS.items()):
+        held = [e for es in n.splits.values() for e in es]
+        assert {e.meta["speaker"] for e in held} == {spk}  # metadata reaches the partition code
+        assert len(held) == 3 * k + (spk == "ann")
+        assert n.classes == CLASSES[:3]
+    # each node's clips are split per class as the other partitioners do (10 -> 8/1/1)
+    assert Counter(e.label for e in nodes[1].splits["train"]) == {c: 8 for c in CLASSES[:3]}
+    assert Counter(e.label for e in nodes[1].splits["test"]) == {c: 1 for c in CLASSES[:3]}
+    every = [cid for n in nodes for cid in clips(n)]
+    assert len(every) == len(set(every)) == 3 * sum(SPEAKERS.values()) + 1
+    assert [clips(n) for n in nodes] == [clips(n) for n in build_nodes(natural(speaker_cache))]  # deterministic
+    assert node_count(natural(speaker_cache)) == 3
+
+
+def test_natural_partition_merges_into_num_nodes(speaker_cache: Path) -> None:
+    nodes = build_nodes(natural(speaker_cache, num_nodes=2))  # sorted values ann, bob, c d -> round-robin
+    assert [n.name for n in nodes] == ["speaker-ann+c_d", "speaker-bob"]
+    assert [sum(n.count(s) for s in ("train", "val", "test")) for n in nodes] == [3 * 15 + 1, 3 * 10]
+    assert {e.meta["speaker"] for es in nodes[0].splits.values() for e in es} == {"ann", "c d"}
+    assert [n.name for n in build_nodes(natural(speaker_cache, num_nodes=5))] == [n.name for n in build_nodes(natural(speaker_cache))]
+    assert node_count(natural(speaker_cache, num_nodes=2)) == 2
+
+
+def test_natural_partition_by_other_columns(speaker_cache: Path) -> None:
+    nodes = build_nodes(cfg(speaker_cache, data={"dataset": "spoken", "partition": {"kind": "natural", "by": "label"}}))
+    assert [n.name for n in nodes] == [f"label-{c}" for c in CLASSES[:3]] and all(len(n.classes) == 1 for n in nodes)
+    # integer values sort numerically; a clip without a value is an error naming it
+    with pytest.raises(InputError, match=r"1 of 76 clips .* have no 'session' value \(first: ann/dog-nosession\)"):
+        build_nodes(natural(speaker_cache, by="session"))
+    nodes = build_nodes(cfg(speaker_cache, data={"classes": ["cat", "frog"], "partition": {"kind": "natural", "by": "session"}}))
+    assert [n.name for n in nodes] == ["session-1", "session-2", "session-10"]
+
+
+def test_natural_partition_missing_column_is_one_clear_error(speaker_cache: Path) -> None:
+    with pytest.raises(InputError) as err:
+        build_nodes(natural(speaker_cache, by="accent"))
+    msg = err.value.message
+    assert "'accent'" in msg and "\n" not in msg
+    assert msg.endswith("available: dataset, clip_id, label, session, speaker")
+
+
+def test_natural_partition_config_errors(speaker_cache: Path) -> None:
+    from a2vtool.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kind natural needs `by`"):
+        cfg(speaker_cache, data={"partition": {"kind": "natural"}})
+    with pytest.raises(ConfigError, match="`by` is only used by kind natural"):
+        cfg(speaker_cache, data={"partition": {"kind": "iid", "by": "speaker"}})
+    # dealing partitioners keep their default of 4 nodes (stored configs unchanged); natural defaults to one per value
+    assert cfg(speaker_cache, data={"partition": {"kind": "iid"}}).data.partition.num_nodes == 4
+    assert natural(speaker_cache).data.partition.num_nodes is None
+
+
+def test_partitioner_registry_is_the_config_list() -> None:
+    from typing import get_args
+
+    from a2vtool.federated.config import PartitionSpec
+    from a2vtool.federated.partition import PARTITIONERS
+
+    assert list(PARTITIONERS) == list(get_args(PartitionSpec.model_fields["kind"].annotation))

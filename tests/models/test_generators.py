@@ -216,3 +216,81 @@ def test_split_is_stratified_and_needs_two_clips() -> None:
     assert sorted(tr + va) == list(range(15)) and sum(labels[i] == "a" for i in va) == 2 and sum(labels[i] == "b" for i in va) == 1
     with pytest.raises(InputError, match="at least 2"):
         gt.split_indices(["a", "a", "b"], 0.2, torch.Generator())
+
+
+# -- gaussian ------------------------------------------------------------------------------------------------------
+def _known_gaussian(seq: int, dim: int, rank: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A known mean (seq*dim,) and covariance: dense, or exactly `rank` directions plus a diagonal."""
+    g = torch.Generator().manual_seed(seed)
+    n = seq * dim
+    mean = 3.0 * torch.randn(n, generator=g, dtype=torch.float64)
+    if rank is None:
+        a = torch.randn(n, n, generator=g, dtype=torch.float64)
+        cov = a @ a.T / n + 0.2 * torch.eye(n, dtype=torch.float64)
+    else:
+        w = 2.0 * torch.randn(n, rank, generator=g, dtype=torch.float64)
+        cov = w @ w.T + torch.diag(0.1 + 0.2 * torch.rand(n, generator=g, dtype=torch.float64))
+    return mean, cov
+
+
+def _draw(mean: torch.Tensor, cov: torch.Tensor, n: int, seq: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    chol = torch.linalg.cholesky(cov)
+    return (mean + torch.randn(n, len(mean), generator=g, dtype=torch.float64) @ chol.T).float().reshape(n, seq, -1)
+
+
+@pytest.mark.parametrize(("seq", "dim", "rank", "full_max"), [(2, 8, None, 1024), (4, 16, 3, 32)])
+def test_gaussian_matches_a_known_mean_and_covariance(seq: int, dim: int, rank: int | None, full_max: int) -> None:
+    from a2vtool.models.generators import Gaussian, make_gaussian_arch
+
+    mean, cov = _known_gaussian(seq, dim, rank)
+    arch = make_gaussian_arch(seq, dim, rank=rank or 32, full_max_dim=full_max)
+    assert arch["covariance"] == ("full" if rank is None else "lowrank")
+    model = build_generator(arch)
+    assert isinstance(model, Gaussian) and param_count(model)["total"] > 0
+    model.fit(_draw(mean, cov, 20000, seq, seed=1))
+    scale = float(cov.diagonal().max())
+    # the fitted covariance is the (true) covariance up to sampling error; low rank: exact diagonal, top directions kept
+    assert float((model.covariance() - cov).abs().max()) < 0.06 * scale
+    y = model.sample(40000, generator=torch.Generator().manual_seed(2)).double().reshape(40000, -1)
+    assert y.shape == (40000, seq * dim)
+    assert float((y.mean(0) - mean).abs().max()) < 0.05 * scale ** 0.5
+    assert float((torch.cov(y.T) - cov).abs().max()) < 0.08 * scale
+    # same generator seed, same samples; sample() takes the same arguments as every generator
+    a = model.sample(3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, model.sample(3, generator=torch.Generator().manual_seed(5)))
+    assert model.sample(2, sequence_length=3 * seq, generator=torch.Generator().manual_seed(5)).shape == (2, 3 * seq, dim)
+    with pytest.raises(InputError, match="unconditioned"):
+        model.sample(2, torch.zeros(seq, 4))
+
+
+def test_gaussian_low_rank_with_few_clips_keeps_the_diagonal() -> None:
+    from a2vtool.models.generators import make_gaussian_arch
+
+    x = torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 3.0, 16)
+    model = build_generator(make_gaussian_arch(4, 16, rank=32, full_max_dim=8))  # rank > clips - 1: unused columns
+    model.fit(x)
+    emp = torch.cov(x.reshape(6, -1).double().T)
+    assert torch.allclose(model.covariance().diagonal(), emp.diagonal(), rtol=1e-4)
+    assert torch.allclose(model.covariance(), emp, atol=1e-4 * float(emp.abs().max()))  # 5 directions span it all
+    assert torch.allclose(model.mean, x.mean(0))
+
+
+def test_gaussian_saves_and_reloads_through_the_generator_artifact(tmp_path) -> None:
+    from a2vtool.models.generator_store import StoredGenerator, load_generator_set, save_generator_set
+    from a2vtool.models.generators import make_gaussian_arch
+
+    gens = []
+    for i, (c, full_max) in enumerate((("dog", 1024), ("rain", 16))):  # one full, one low-rank covariance
+        m = build_generator(make_gaussian_arch(S, D, rank=4, full_max_dim=full_max))
+        m.fit(torch.randn(20, S, D, generator=torch.Generator().manual_seed(i)) + i)
+        gens.append(StoredGenerator(c, [c], m))
+    save_generator_set(tmp_path / "g", gens, key="k", config={}, classes=["dog", "rain"], embedding_key="e", token_dim=D,
+                       cache_tokens=S, training_sequence_length=S, generator="gaussian", granularity="per_class")
+    gs = load_generator_set(tmp_path / "g")
+    for g in gens:
+        want = g.model.sample(4, sequence_length=S, generator=torch.Generator().manual_seed(3))
+        got = gs.sample(g.name, 4, sequence_length=S, generator=torch.Generator().manual_seed(3))  # the KD call
+        assert torch.equal(got, want)
+    with pytest.raises(InputError, match="covariance"):
+        build_generator({**make_gaussian_arch(S, D), "rank": 3})

@@ -362,3 +362,65 @@ def test_reader_is_lazy(env, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     grew_kb = int(out.stdout.strip().splitlines()[-1])
     assert grew_kb < 30_000, f"opening a 100 MB cache grew RSS by {grew_kb} kB"
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+def test_csv_metadata_columns_are_kept_per_clip(env, first_run, tmp_path) -> None:
+    """Extra csv columns (speaker) reach the cache entries; FLAC at 22.05 kHz reads like the spoken-words set;
+    the listing (metadata included) never changes the cache key."""
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    summary, _ = first_run
+    data = tmp_path / "csv-speakers"
+    data.mkdir()
+    rows = [["path", "label", "speaker"]]
+    for i, (stem, label) in enumerate(sorted(dataset_files(env["data"]).items())):
+        rows.append([str(env["data"] / label / f"{stem}.wav"), label, f"spk{i % 3}"])
+    t = np.arange(int(0.5 * 22050)) / 22050
+    sf.write(data / "flac_000.flac", (0.3 * np.sin(2 * np.pi * 440 * t)).astype("float32"), 22050, format="FLAC")
+    rows.append(["flac_000.flac", "dog", "zoe"])
+    with open(data / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    s = run(cfg_for(env, tmp_path / "cache", "dataset.kind=csv", "dataset.name=speakers", data=data))
+    assert s["cache_key"] == summary["cache_key"]  # same settings, same key: the listing is not embedding bytes
+    assert s["computed"] == s["clips"] == N + 1
+    s2 = run(cfg_for(env, tmp_path / "cache", data=env["data"]))  # the folder layout into the same cache
+    assert s2["cache"] == s["cache"] and s2["computed"] == 0
+    with open_cache(s["cache"]) as cache:
+        spk = cache.entries(dataset="speakers")
+        assert len(spk) == N + 1
+        want = {r[0]: r[2] for r in rows[1:]}
+        assert all(e.meta == {"speaker": want[e.clip_id]} for e in spk)
+        assert {e.get("speaker") for e in spk} == {"spk0", "spk1", "spk2", "zoe"}
+        assert all(e.meta == {} for e in cache.entries(dataset="folder"))  # the folder layout has no metadata
+
+
+def test_esc50_folds_and_columns_are_kept(env, tmp_path) -> None:
+    data = make_demo_dataset(tmp_path / "esc", classes=2, clips_per_class=5, duration=0.5, layout="esc50")
+    s = run(cfg_for(env, tmp_path / "cache", "dataset.kind=esc50", data=data))
+    with open(data / "meta" / "esc50.csv") as f:
+        truth = {r["filename"]: r for r in __import__("csv").DictReader(f)}
+    with open_cache(s["cache"]) as cache:
+        entries = cache.entries()
+        assert len(entries) == 10
+        for e in entries:
+            assert e.fold == int(truth[e.clip_id]["fold"]) and e.get("fold") == truth[e.clip_id]["fold"]
+            assert e.meta["target"] == truth[e.clip_id]["target"] and e.meta["take"] == truth[e.clip_id]["take"]
+
+
+def test_caches_without_metadata_read_as_empty_meta(env, first_run, tmp_path) -> None:
+    import shutil
+
+    summary, _ = first_run
+    old = tmp_path / "old"
+    shutil.copytree(summary["cache"], old, ignore=shutil.ignore_patterns(".lock"))
+    m = json.loads((old / "manifest.json").read_text())
+    for c in m["clips"]:
+        c.pop("meta", None)  # a cache written before metadata was kept
+    (old / "manifest.json").write_text(json.dumps(m))
+    with open_cache(old) as cache:
+        assert len(cache.entries()) == len(m["clips"]) and all(e.meta == {} for e in cache.entries())
+        assert cache.entries()[0].get("speaker") is None and cache.entries()[0].get("label")

@@ -80,7 +80,7 @@ def test_every_type_and_granularity_trains_samples_and_reloads(cache: Path, tmp_
     assert summary["class_specific"] == (kind == "cvae" or gran == "per_class")
     assert set(summary["metrics"]["classes"]) == set(CLASSES)
     m = json.loads(Path(summary["manifest"]).read_text())
-    assert m["training_sequence_length"] == 4 and m["cache_tokens"] == T and m["embedding_key"]
+    assert m["training_sequence_length"] == T and m["cache_tokens"] == T and m["embedding_key"]  # default: T <= 64
     assert (m["targets_key"] is not None) == (kind == "cvae")
     for e in m["generators"]:
         assert e["arch"]["type"] == kind and (tmp_path / "gen" / e["file"]).is_file() and e["training"]["epochs_run"] == 6
@@ -98,7 +98,8 @@ def test_every_type_and_granularity_trains_samples_and_reloads(cache: Path, tmp_
 @pytest.mark.parametrize("family", ["sd", "flux"])
 def test_conditioned_sampling_uses_the_training_condition(cache: Path, tmp_path: Path, family: str) -> None:
     tt_dir = _targets(family, tmp_path / "tt")
-    run(_cfg(cache, tmp_path / "gen", generator="cvae", granularity="unified", text_targets={"artifact": str(tt_dir)}))
+    run(_cfg(cache, tmp_path / "gen", generator="cvae", granularity="unified", text_targets={"artifact": str(tt_dir)},
+             training_sequence_length=4))
     from a2vtool.models.text_targets import load_text_targets
 
     tt = load_text_targets(tt_dir)
@@ -168,6 +169,7 @@ def _cli(*args: str) -> Any:
     (["--granularity", "per_group", "--set", 'groups={"a":["dog","cat"]}'], "unknown class 'cat'"),
     (["--classes", "dog,cat"], "unknown class 'cat'"),
     (["--generator", "diffusion"], "generator"),
+    (["--generator", "gaussian", "--granularity", "unified"], "fitted per class"),
     (["--set", 'groups={"a":["dog"],"b":["dog"]}', "--granularity", "per_group"], "one group"),
 ])
 def test_invalid_combinations_exit_2_with_one_line(cache: Path, tmp_path: Path, args: list[str], needle: str) -> None:
@@ -218,4 +220,54 @@ def test_memcheck_workload_runs_epochs(cache: Path, tmp_path: Path) -> None:
 def test_example_config_validates() -> None:
     path = Path(__file__).resolve().parents[2] / "configs" / "train-generator_tiny.json"
     cfg = load_config(TrainGeneratorConfig, path)
-    assert cfg.generator == "vae" and cfg.training_sequence_length <= 64
+    assert cfg.generator == "vae" and cfg.training_sequence_length is None  # the cache's token count (pool:16)
+
+
+# -- sequence length, gaussian, KD recommendation ---------------------------------------------------------------------
+def test_training_sequence_length_defaults_to_a_small_caches_token_count(cache: Path, tmp_path: Path) -> None:
+    from a2vtool.stages.train_generator import sequence_length_for
+
+    assert sequence_length_for(None, 8) == 8 and sequence_length_for(None, 64) == 64  # no interpolation needed
+    assert sequence_length_for(None, 65) == 4 and sequence_length_for(None, 1214) == 4  # large caches: pooled to 4
+    assert sequence_length_for(4, 8) == 4 and sequence_length_for(16, 8) == 8  # explicit values honoured (capped)
+    s = run(_cfg(cache, tmp_path / "a", classes=["dog"], epochs=1))
+    assert s["training_sequence_length"] == T
+    gs = load_generator_set(tmp_path / "a")
+    assert gs.generator_for("dog").seq_len == T and gs.sample("dog", 2).shape == (2, T, D)
+    s = run(_cfg(cache, tmp_path / "b", classes=["dog"], epochs=1, training_sequence_length=4))
+    assert s["training_sequence_length"] == 4 and load_generator_set(tmp_path / "b").generator_for("dog").seq_len == 4
+
+
+def test_gaussian_generator_per_class(cache: Path, tmp_path: Path) -> None:
+    s = run(_cfg(cache, tmp_path / "g", generator="gaussian"))
+    assert [g["name"] for g in s["generators"]] == CLASSES and all(g["epochs_run"] == 0 for g in s["generators"])
+    m = json.loads(Path(s["manifest"]).read_text())
+    assert all(e["arch"]["type"] == "gaussian" and e["arch"]["covariance"] == "full" for e in m["generators"])  # 8*32 <= 1024
+    assert m["recommended_for_kd"]["generator"] == "gaussian" and m["recommended_for_kd"]["use_this_artifact"]
+    assert "KD: use this artifact" in s["metrics"]["summary"]["verdict"]
+    gs = load_generator_set(tmp_path / "g")
+    assert gs.recommended_for_kd["generator"] == "gaussian"
+    # samples sit on each class's own cloud (the train split's mean), far from the other classes
+    ent = __import__("a2vtool.embeddings", fromlist=["open_cache"]).open_cache(cache)
+    for c in CLASSES:
+        centre = ent.load(ent.entries(classes=[c], splits=["train"])).mean(0)
+        others = [ent.load(ent.entries(classes=[o], splits=["train"])).mean(0) for o in CLASSES if o != c]
+        x = gs.sample(c, 256, generator=torch.Generator().manual_seed(0)).mean(0)
+        assert all(float((x - centre).norm()) < 0.2 * float((o - centre).norm()) for o in others), c
+    low = run(_cfg(cache, tmp_path / "l", generator="gaussian", gaussian_full_max_dim=64, gaussian_rank=5, classes=["dog"]))
+    arch = json.loads(Path(low["manifest"]).read_text())["generators"][0]["arch"]
+    assert (arch["covariance"], arch["rank"]) == ("lowrank", 5)
+
+
+def test_kd_recommendation_falls_back_to_gaussian() -> None:
+    from a2vtool.stages.train_generator import recommend_for_kd
+
+    def summary(fd: float, gfd: float) -> dict[str, Any]:
+        return {"generator": {"fd": fd}, "gaussian_class": {"fd": gfd}}
+
+    win = recommend_for_kd(summary(0.5, 1.0), "vae", True)
+    assert win["generator"] == "vae" and win["use_this_artifact"] and "beats" in win["line"]
+    lose = recommend_for_kd(summary(0.0070, 0.0033), "vae", True)  # the spoken-words figure of issue 11
+    assert lose["generator"] == "gaussian" and not lose["use_this_artifact"] and "--generator gaussian" in lose["line"]
+    assert recommend_for_kd(summary(0.1, 1.0), "gan", False)["generator"] == "gaussian"  # class-agnostic samples
+    assert recommend_for_kd(summary(float("nan"), 1.0), "vae", True)["generator"] == "gaussian"
