@@ -337,7 +337,7 @@ def recommend_for_kd(summary: dict[str, Any], generator: str, class_specific: bo
         why = f"mean FD {fd:.3g}" if math.isfinite(fd) else "the baseline"
         return {"generator": "gaussian", "use_this_artifact": True, **base,
                 "line": f"KD: use this artifact (per-class gaussian, {why})."}
-    fallback = "train one with `a2vtool train-generator --generator gaussian` and set strategy.kd.generators to it"
+    fallback = "train one with `a2vtool train-generator --generator gaussian` and set strategy.generators to it"
     if not class_specific:
         return {"generator": "gaussian", "use_this_artifact": False, **base,
                 "line": f"KD: use a per-class gaussian, not this {generator} (its samples ignore the class); {fallback}."}
