@@ -11,15 +11,18 @@ from typing import Any
 
 from a2vtool.artifacts import (
     MANIFEST,
+    base_manifest,
+    cache_key,
     read_manifest,
     save_tensors,
     write_json_atomic,
 )
-from a2vtool.errors import ArtifactError, CacheLockedError, InputError
 
-KIND = "a2v.embeddings"
-SHARD_KIND = "a2v.embeddings.shard"
-TENSOR = "embeddings"
+# maintenance functions live in embeddings_admin.py (re-exported here: one import path for callers); it and this
+# module share the format names of embeddings_format.py, so the two do not import each other
+from a2vtool.embeddings_admin import clear_cache, list_caches, verify_cache  # noqa: F401
+from a2vtool.embeddings_format import KIND, SHARD_KIND, TENSOR
+from a2vtool.errors import ArtifactError, CacheLockedError, InputError
 
 
 # columns every entry has besides its `meta`; `Entry.get` and the natural partition read them by these names
@@ -382,5 +385,36 @@ class CacheWriter:
             self.lock = None
 
 
-# maintenance functions live in embeddings_admin.py (re-exported here: one import path for callers)
-from a2vtool.embeddings_admin import clear_cache, import_tensors, list_caches, verify_cache  # noqa: E402,F401
+def import_tensors(
+    directory: Path,
+    rows: list[tuple[Any, ...]],
+    *,
+    dataset: str = "imported",
+    settings: dict[str, Any] | None = None,
+    shard_rows: int = 256,
+) -> Path:
+    """Write a cache from in-memory rows (clip_id, label, split, (T, D) tensor[, meta dict]): for embeddings computed
+    elsewhere and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
+    import hashlib
+
+    import torch
+
+    settings = {"schema_version": 1, "source": "import", "token_mode": "imported", "model": {"imported": dataset},
+                **(settings or {})}
+    key = cache_key(settings)
+    dtype = str(rows[0][3].dtype).replace("torch.", "") if rows else "float32"
+    fresh = base_manifest(KIND, key, {"import": dataset}, settings=settings, dtype=dtype, shape=None, shards=[], items={}, clips=[])
+    w = CacheWriter.open(Path(directory), fresh)
+    try:
+        for clip_id, label, split, t, *rest in rows:
+            item = hashlib.sha256(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+            if not w.has(item) and item not in {i for i, _ in w.pending}:
+                w.add(item, t.detach().cpu())
+            if len(w.pending) >= shard_rows:
+                w.flush()
+            w.manifest["clips"].append(clip_record(dataset, clip_id, item, label, split, meta=rest[0] if rest else None))
+        w.flush()
+        w.commit()
+    finally:
+        w.close()
+    return Path(directory)

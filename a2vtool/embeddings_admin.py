@@ -1,4 +1,5 @@
-"""Embedding-cache maintenance: verify (re-hash shards), list, clear, and import rows computed elsewhere."""
+"""Embedding-cache maintenance: verify (re-hash shards), list, clear. Writing (CacheWriter, import_tensors) is in
+embeddings.py, which re-exports these; this module needs only the format names (embeddings_format.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from a2vtool.artifacts import MANIFEST, read_manifest, sha256_file
-from a2vtool.embeddings import KIND, TENSOR, CacheWriter
+from a2vtool.embeddings_format import KIND, TENSOR
 from a2vtool.errors import ArtifactError, VerifyError
 
 # -- maintenance --------------------------------------------------------------------------------------
@@ -80,41 +81,3 @@ def clear_cache(directory: Path) -> int:
     os.replace(directory, tmp)
     shutil.rmtree(tmp)
     return size
-
-
-def import_tensors(
-    directory: Path,
-    rows: list[tuple[Any, ...]],
-    *,
-    dataset: str = "imported",
-    settings: dict[str, Any] | None = None,
-    shard_rows: int = 256,
-) -> Path:
-    """Write a cache from in-memory rows (clip_id, label, split, (T, D) tensor[, meta dict]): for embeddings computed
-    elsewhere and for tests. Item ids hash the row's bytes, so identical rows are stored once."""
-    import hashlib
-
-    import torch
-
-    from a2vtool.artifacts import base_manifest, cache_key
-    from a2vtool.embeddings import clip_record
-
-    settings = {"schema_version": 1, "source": "import", "token_mode": "imported", "model": {"imported": dataset},
-                **(settings or {})}
-    key = cache_key(settings)
-    dtype = str(rows[0][3].dtype).replace("torch.", "") if rows else "float32"
-    fresh = base_manifest(KIND, key, {"import": dataset}, settings=settings, dtype=dtype, shape=None, shards=[], items={}, clips=[])
-    w = CacheWriter.open(Path(directory), fresh)
-    try:
-        for clip_id, label, split, t, *rest in rows:
-            item = hashlib.sha256(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-            if not w.has(item) and item not in {i for i, _ in w.pending}:
-                w.add(item, t.detach().cpu())
-            if len(w.pending) >= shard_rows:
-                w.flush()
-            w.manifest["clips"].append(clip_record(dataset, clip_id, item, label, split, meta=rest[0] if rest else None))
-        w.flush()
-        w.commit()
-    finally:
-        w.close()
-    return Path(directory)

@@ -18,7 +18,7 @@ from a2vtool.errors import A2VError, InputError
 
 if TYPE_CHECKING:
     from a2vtool.memory.runner import Workload
-    from a2vtool.stages.memcheck import MemcheckConfig
+    from a2vtool.memory.config import MemcheckConfig
 
 
 class SyntheticConfig(Strict):
@@ -149,7 +149,7 @@ def resolve(target: str, name: str) -> Callable[[MemcheckConfig], Workload]:
 WORKLOADS: dict[str, Callable[[MemcheckConfig], Workload]] = {
     "synthetic": make_synthetic,
     "federate": lazy("a2vtool.federated.memcheck_workload:make", "federate"),
-    "generate-images": lazy("a2vtool.imaging.memcheck_workload:make", "generate-images"),
+    "generate-images": lazy("a2vtool.stages.generate_images:memcheck_workload", "generate-images"),
     "train-generator": lazy("a2vtool.stages.train_generator:memcheck_workload", "train-generator"),
 }
 

@@ -85,7 +85,10 @@ def condition_dim(targets: TextTargets) -> int:
 # -- architecture ------------------------------------------------------------------------------------------------
 def make_arch(kind: str, seq_len: int, token_dim: int, *, hidden_dim: int = 256, latent_dim: int = 32,
               cond_dim: int = 0, depth: int = 2, dropout: float = 0.1) -> dict[str, Any]:
-    """The JSON-able architecture stored in the manifest; `build_generator(arch)` rebuilds the model from it."""
+    """The JSON-able architecture stored in the manifest; `build_generator(arch)` rebuilds the model from it.
+    `gaussian` takes none of the network settings: see make_gaussian_arch (its defaults apply here)."""
+    if kind == "gaussian":
+        return make_gaussian_arch(seq_len, token_dim)
     arch = {"type": kind, "version": ARCH_VERSION, "seq_len": seq_len, "token_dim": token_dim, "hidden_dim": hidden_dim,
             "latent_dim": latent_dim, "cond_dim": cond_dim, "depth": depth, "dropout": dropout}
     check_arch(arch)

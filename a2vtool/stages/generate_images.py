@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,44 @@ def run(cfg: GenerateConfig, *, keep_pipeline: bool = False) -> dict[str, Any]:
         del model
         if not keep_pipeline:
             release_pipeline()
+
+
+# -- memcheck ---------------------------------------------------------------------------------------
+class GenerateImagesWorkload:
+    """memcheck workload: round r renders every selected image afresh (no skipping) into scratch/round-r, then
+    deletes it. The one pipeline stays cached across rounds (as in federate); everything else must be freed."""
+
+    name = "generate-images"
+
+    def __init__(self, cfg: GenerateConfig, scratch: Path) -> None:
+        self.cfg, self.scratch = cfg, scratch
+
+    def setup(self) -> None:
+        check_inputs(self.cfg)
+
+    def run_round(self, r: int, on_step: Callable[[str], None]) -> None:
+        out = self.scratch / f"round-{r:04d}"
+        run(self.cfg.model_copy(update={"out": out}), keep_pipeline=True)
+        shutil.rmtree(out, ignore_errors=True)
+        on_step("render")
+
+    def close(self) -> None:
+        from a2vtool.imaging.pipeline import release_pipeline
+
+        release_pipeline()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def memcheck_workload(config: Path | None = None, sets: list[str] | None = None, device: str = "auto",
+                      seed: int = 0) -> GenerateImagesWorkload:
+    """The workload memcheck drives; `config` is a generate-images config file, `sets` are --set overrides."""
+    from a2vtool.config import load_config
+
+    scratch = Path(tempfile.mkdtemp(prefix="a2v-memcheck-images-"))
+    try:
+        cfg = load_config(GenerateConfig, config, list(sets or []),
+                          {"device": device, "seed": seed, "out": str(scratch / "round")})
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return GenerateImagesWorkload(cfg, scratch)

@@ -102,15 +102,13 @@ def test_oracle_renders_from_text_targets(env: Any, tmp_path: Path) -> None:
 
 
 def test_memcheck_workload_renders_every_round(env: Any, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from a2vtool.imaging.memcheck_workload import make
+    from a2vtool.stages.generate_images import memcheck_workload
 
     conf = tmp_path / "gi.json"
     conf.write_text(json.dumps({"adapters": str(env["adapters"]), "embeddings": str(env["cache"]),
                                 "pipeline": str(env["sd"]), "steps": 1, "height": 32, "width": 32, "count": 2,
                                 "negative": "zeros"}))
-    w = make(SimpleNamespace(config=conf, set=["batch_size=2"], device="cpu", seed=0))
+    w = memcheck_workload(conf, ["batch_size=2"], device="cpu", seed=0)
     steps: list[str] = []
     w.setup()
     try:

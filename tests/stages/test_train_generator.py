@@ -257,6 +257,13 @@ def test_gaussian_generator_per_class(cache: Path, tmp_path: Path) -> None:
     low = run(_cfg(cache, tmp_path / "l", generator="gaussian", gaussian_full_max_dim=64, gaussian_rank=5, classes=["dog"]))
     arch = json.loads(Path(low["manifest"]).read_text())["generators"][0]["arch"]
     assert (arch["covariance"], arch["rank"]) == ("lowrank", 5)
+    w = memcheck_workload(_cfg(cache, tmp_path / "m", generator="gaussian", classes=["dog"]), [], "cpu", 0)
+    steps: list[str] = []
+    w.setup()
+    for r in range(2):
+        w.run_round(r, steps.append)  # a closed-form fit: each round refits
+    w.close()
+    assert steps == ["dog fit", "dog fit"]
 
 
 def test_kd_recommendation_falls_back_to_gaussian() -> None:
