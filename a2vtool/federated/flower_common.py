@@ -61,7 +61,15 @@ def require_flwr() -> None:
 
 
 def expected_nodes(cfg: Any) -> int:
-    return len(cfg.nodes) if cfg.nodes is not None else cfg.data.partition.num_nodes
+    """How many SuperNodes the config needs (a natural partition reads the cache's metadata to know)."""
+    from a2vtool.federated.partition import node_count
+
+    caches: dict[Path, Any] = {}
+    try:
+        return node_count(cfg, caches)
+    finally:
+        for c in caches.values():
+            c.close()
 
 
 def node_index(node_config: dict[str, Any]) -> int:

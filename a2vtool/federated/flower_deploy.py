@@ -194,7 +194,9 @@ def _bin(name: str) -> str:
 def node_configs(cfg: Any) -> list[str]:
     """--node-config of each node for a loopback trial: its index, and with explicit nodes its own cache and classes."""
     out = []
-    for i in range(len(cfg.nodes) if cfg.nodes is not None else cfg.data.partition.num_nodes):
+    from a2vtool.federated.flower_common import expected_nodes
+
+    for i in range(expected_nodes(cfg)):
         parts = [f"node-index={i}"]
         if cfg.nodes is not None:
             spec = cfg.nodes[i]

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from a2vtool.federated.config import EvalSpec, TrainingSpec
+from a2vtool.federated.scoring import class_scores, class_space
 
 PRELOAD_BYTES = 512 << 20
 
@@ -104,27 +105,6 @@ def train_node(model: Any, opt: Any, cache: Any, entries: list[Any], targets: An
     per_slot = {k: v / max(n_seen, 1) for k, v in sums.items()}
     return {"loss": sum(per_slot.values()), "loss_per_slot": per_slot, "samples": len(entries), "steps": steps,
             "seconds": time.perf_counter() - t0}
-
-
-def class_space(targets: Any, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per slot: the mean class target and the unit-norm centred class targets (C, prod(shape)). Class targets share
-    a large common component (the template's words), so nearest-target search is cosine in the centred space."""
-    import torch.nn.functional as F
-
-    center = {k: v.flatten(1).to(device).mean(0) for k, v in targets.slots.items()}
-    tnorm = {k: F.normalize(v.flatten(1).to(device) - center[k], dim=1) for k, v in targets.slots.items()}
-    return center, tnorm
-
-
-def class_scores(pred: dict[str, Any], center: dict[str, Any], tnorm: dict[str, Any]) -> Any:
-    """(B, C) zero-shot scores of adapter outputs against every class target: centred cosine summed over slots."""
-    import torch.nn.functional as F
-
-    score = None
-    for k, tn in tnorm.items():
-        s = F.normalize(pred[k].flatten(1) - center[k], dim=1) @ tn.T
-        score = s if score is None else score + s
-    return score
 
 
 def evaluate(model: Any, groups: list[tuple[Any, list[Any]]], targets: Any, own_classes: list[str] | None,

@@ -40,7 +40,7 @@ def synthetic_scores(model: Any, samples: dict[str, Any], ensemble: dict[str, di
     with the teacher ensemble's class, standardised MSE to the class targets and to the ensemble's outputs."""
     import torch
 
-    from a2vtool.federated.node import class_scores, class_space
+    from a2vtool.federated.scoring import class_scores, class_space
 
     classes = env.targets.classes
     center, tnorm = class_space(env.targets, "cpu")
@@ -72,7 +72,7 @@ def teacher_accuracy(teachers: list[Any], owners: dict[str, list[int]], samples:
     """How often a class's owners recognise the generator's class in its synthetic samples (mean over owners)."""
     import torch
 
-    from a2vtool.federated.node import class_scores, class_space
+    from a2vtool.federated.scoring import class_scores, class_space
 
     center, tnorm = class_space(env.targets, "cpu")
     hits = total = 0
