@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from a2vtool.errors import ConfigError, InputError
 
@@ -17,6 +17,18 @@ class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StageConfig(Strict):
+    """Base of every stage's config: the output location, the device and the seed (one set of shared flags).
+
+    A stage overrides only the default (and wording) of `out`; the embed stage keeps its file key `cache_root`
+    through an alias.
+    """
+
+    out: Path = Field(Path("runs"), description="Output directory.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    seed: int = Field(0, description="One seed for everything random: data order, initialisation, sampling, noise.")
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -113,5 +125,5 @@ def load_config(
 
 
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
-    """The resolved config as plain JSON data (paths as strings), for manifests."""
-    return json.loads(cfg.model_dump_json())
+    """The resolved config as plain JSON data (paths as strings, keys as the files spell them), for manifests."""
+    return json.loads(cfg.model_dump_json(by_alias=True))

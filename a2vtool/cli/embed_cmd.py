@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import (ConfigOpt, DebugOpt, Flag, JsonOpt, SetOpt, config_command, csv_list, emit, flag_overrides,
+                                run_guarded, shared_flags)
+
+FLAGS = (
+    *shared_flags("cache_root"),
+    Flag("--data", "dataset.root"),
+    Flag("--kind", "dataset.kind"),
+    Flag("--model", "model.name_or_path"),
+    Flag("--classes", "dataset.classes", csv_list),
+    Flag("--token-mode", "token_mode"),
+    Flag("--strict", "strict", switch=True),
+)
 
 
 def _table(s: dict[str, Any]) -> Any:
@@ -26,19 +37,11 @@ def _table(s: dict[str, Any]) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("embed")
+    @config_command(app, "embed", "embed", FLAGS)
     def embed(
         config: ConfigOpt = None,
         set_: SetOpt = None,
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Cache root (one sub-folder per cache key).", show_default=False)] = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
-        data: Annotated[Path | None, typer.Option("--data", help="Dataset root folder (dataset.root).", show_default=False)] = None,
-        kind: Annotated[str | None, typer.Option("--kind", help="Dataset layout: folder, csv, esc50, vegas, vggsound.", show_default=False)] = None,
-        model: Annotated[str | None, typer.Option("--model", help="Audio model hub id or folder (model.name_or_path).", show_default=False)] = None,
-        classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names to embed.", show_default=False)] = None,
-        token_mode: Annotated[str | None, typer.Option("--token-mode", help="full, cls, mean or pool:N.", show_default=False)] = None,
-        strict: Annotated[bool, typer.Option("--strict", help="Fail if any clip cannot be read.")] = False,
+        flags: Any = None,
         verify: Annotated[bool, typer.Option("--verify", help="Re-hash the cache's shards after embedding.")] = False,
         as_json: JsonOpt = False,
         debug: DebugOpt = False,
@@ -49,12 +52,7 @@ def register(app: typer.Typer) -> None:
             from a2vtool.config import load_config
             from a2vtool.stages.embed import EmbedConfig, run
 
-            o = overrides("cache_root", out, device, seed)
-            o.update({k: v for k, v in {
-                "dataset.root": str(data) if data else None, "dataset.kind": kind, "model.name_or_path": model,
-                "dataset.classes": [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-                "token_mode": token_mode, "strict": True if strict else None}.items() if v is not None})
-            cfg = load_config(EmbedConfig, config, set_, o)
+            cfg = load_config(EmbedConfig, config, set_, flag_overrides(EmbedConfig, flags))
             summary = run(cfg)
             if verify:
                 from a2vtool.embeddings import verify_cache

@@ -7,17 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, OutOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import ConfigOpt, DebugOpt, JsonOpt, SetOpt, config_command, emit, flag_overrides, run_guarded, shared_flags
+
+FLAGS = shared_flags()  # the config-key flags; the engine flags below are options of the run, not config keys
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("federate")
+    @config_command(app, "federate", "federate", FLAGS)
     def federate(
         config: ConfigOpt = None,
         set_: SetOpt = None,
-        out: OutOpt = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
+        flags: Any = None,
         resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory from its last complete round.", show_default=False)] = None,
         engine: Annotated[str, typer.Option("--engine", help="local (one process), flower-sim (Flower simulation on Ray) or flower (SuperLink + SuperNodes).")] = "local",
         cpus_per_node: Annotated[float, typer.Option("--cpus-per-node", help="flower-sim: CPU cores per node.")] = 1.0,
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
             else:
                 if config is None:
                     raise InputError("federate needs --config run.json (see configs/ for examples)")
-                cfg = load_config(FederateConfig, config, set_, overrides("out", out, device, seed))
+                cfg = load_config(FederateConfig, config, set_, flag_overrides(FederateConfig, flags))
             options = None
             if engine != "local":
                 from a2vtool.federated.flower_engine import EngineOptions

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, OutOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import (ConfigOpt, DebugOpt, Flag, JsonOpt, SetOpt, config_command, csv_list, emit, flag_overrides,
+                                run_guarded, shared_flags)
+
+
+def splits_or_all(text: str) -> list[str]:
+    """`--split test,val`; `all` -> [] (every split, turned into None after loading)."""
+    return [] if text.strip() == "all" else csv_list(text)
+
+
+splits_or_all.metavar = "SPLIT,...|all"  # type: ignore[attr-defined]
+
+FLAGS = (
+    Flag("--adapters", "adapters"),
+    Flag("--which", "which"),
+    Flag("--embeddings", "embeddings"),
+    Flag("--from-generators", "from_generators"),
+    Flag("--pipeline", "pipeline"),
+    Flag("--classes", "classes", csv_list),
+    Flag("--split", "splits", splits_or_all),
+    Flag("--count", "count"),
+    Flag("--oracle", "oracle", switch=True),
+    Flag("--eval-clip", "eval_clip"),
+    Flag("--steps", "steps"),
+    Flag("--guidance", "guidance"),
+    Flag("--height", "height"),
+    Flag("--width", "width"),
+    Flag("--batch-size", "batch_size"),
+    *shared_flags(),
+)
 
 
 def _table(s: dict[str, Any]) -> Any:
@@ -38,28 +65,11 @@ def _table(s: dict[str, Any]) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate-images")
+    @config_command(app, "generate-images", "generate-images", FLAGS)
     def generate_images(
         config: ConfigOpt = None,
         set_: SetOpt = None,
-        adapters: Annotated[Path | None, typer.Option("--adapters", help="Federate run dir (final adapters) or an adapters .safetensors file.", show_default=False)] = None,
-        which: Annotated[str | None, typer.Option("--which", help="Adapters of a run dir: global or node-NN.", show_default=False)] = None,
-        embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Embedding cache to render clips from.", show_default=False)] = None,
-        from_generators: Annotated[Path | None, typer.Option("--from-generators", help="Generators folder: render synthetic embeddings (no audio).", show_default=False)] = None,
-        pipeline: Annotated[str | None, typer.Option("--pipeline", help="Diffusion pipeline: hub id or folder.", show_default=False)] = None,
-        classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated classes to render.", show_default=False)] = None,
-        split: Annotated[str | None, typer.Option("--split", help="Comma-separated splits (or 'all').", show_default=False)] = None,
-        count: Annotated[int | None, typer.Option("--count", help="At most this many images.", show_default=False)] = None,
-        oracle: Annotated[bool, typer.Option("--oracle", help="Render from the classes' ground-truth text targets.")] = False,
-        eval_clip: Annotated[str | None, typer.Option("--eval-clip", help="CLIP model for zero-shot evaluation.", show_default=False)] = None,
-        steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps.", show_default=False)] = None,
-        guidance: Annotated[float | None, typer.Option("--guidance", help="Guidance scale.", show_default=False)] = None,
-        height: Annotated[int | None, typer.Option("--height", help="Image height (px).", show_default=False)] = None,
-        width: Annotated[int | None, typer.Option("--width", help="Image width (px).", show_default=False)] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per pipeline call.", show_default=False)] = None,
-        out: OutOpt = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
+        flags: Any = None,
         as_json: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -70,19 +80,7 @@ def register(app: typer.Typer) -> None:
             from a2vtool.stages.generate_images import run
             from a2vtool.imaging.config import GenerateConfig
 
-            splits: Any = None
-            if split is not None:
-                splits = [] if split == "all" else [s.strip() for s in split.split(",") if s.strip()]
-            o = overrides("out", out, device, seed)
-            o.update({k: v for k, v in {
-                "adapters": str(adapters) if adapters else None, "which": which,
-                "embeddings": str(embeddings) if embeddings else None,
-                "from_generators": str(from_generators) if from_generators else None, "pipeline": pipeline,
-                "classes": [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-                "splits": splits, "count": count, "oracle": True if oracle else None, "eval_clip": eval_clip,
-                "steps": steps, "guidance": guidance, "height": height, "width": width, "batch_size": batch_size,
-            }.items() if v is not None})
-            cfg = load_config(GenerateConfig, config, set_, o)
+            cfg = load_config(GenerateConfig, config, set_, flag_overrides(GenerateConfig, flags))
             if cfg.splits == []:
                 cfg.splits = None
             s = run(cfg)

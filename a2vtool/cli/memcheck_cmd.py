@@ -7,7 +7,23 @@ from typing import Annotated, Any
 
 import typer
 
-from a2vtool.cli.common import DebugOpt, DeviceOpt, JsonOpt, OutOpt, SeedOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import DebugOpt, Flag, JsonOpt, config_command, emit, flag_overrides, run_guarded, shared_flags
+
+FLAGS = (  # --config and --set set memcheck's own keys `config` and `set` (the workload's file and overrides)
+    Flag("--config", "config", short="-c"),
+    Flag("--workload", "workload", short="-w"),
+    Flag("--rounds", "rounds", short="-r"),
+    Flag("--warmup", "warmup"),
+    Flag("--threshold", "threshold_pct"),
+    Flag("--slope-tolerance", "slope_tolerance_pct"),
+    Flag("--per-step", "per_step", switch=True),
+    Flag("--trace", "trace", switch=True),
+    Flag("--no-tensors", "tensors", switch=False),
+    Flag("--inject-leak", "inject_leak"),
+    Flag("--cuda-snapshot", "cuda_snapshot", switch=True),
+    Flag("--set", "set", short="-s", multiple=True),
+    *shared_flags(),
+)
 
 PROBE_KEYS = ("family", "unit", "role", "first", "last", "growth_pct", "slope_per_round", "slope_pct_per_round",
               "fit_growth_pct", "leak")
@@ -58,34 +74,11 @@ def _table(s: dict[str, Any]) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("memcheck")
+    @config_command(app, "memcheck", "memcheck", FLAGS)
     def memcheck(
-        config: Annotated[Path | None, typer.Option(
-            "--config", "-c", help="The workload's config file (e.g. a federate config).", show_default=False)] = None,
         memcheck_config: Annotated[Path | None, typer.Option(
             "--memcheck-config", help="A memcheck config JSON (flags override it).", show_default=False)] = None,
-        workload: Annotated[str | None, typer.Option(
-            "--workload", "-w", help="federate, generate-images, train-generator or synthetic (default federate).",
-            show_default=False)] = None,
-        rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Rounds to run (default 10).", show_default=False)] = None,
-        warmup: Annotated[int | None, typer.Option("--warmup", help="Rounds excluded from the analysis (default 2).", show_default=False)] = None,
-        threshold: Annotated[float | None, typer.Option(
-            "--threshold", help="Growth in % that is a leak (default 5).", show_default=False)] = None,
-        slope_tolerance: Annotated[float | None, typer.Option(
-            "--slope-tolerance", help="Steady growth in %/round tolerated (default 0.25).", show_default=False)] = None,
-        per_step: Annotated[bool, typer.Option("--per-step", help="Also sample after every node step.")] = False,
-        trace: Annotated[bool, typer.Option("--trace", help="tracemalloc: name the allocation sites that grew.")] = False,
-        no_tensors: Annotated[bool, typer.Option("--no-tensors", help="Skip the gc scan for tensors and Python objects.")] = False,
-        inject_leak: Annotated[str | None, typer.Option(
-            "--inject-leak", help="Self-test: add a known leak: tensor, graph or list.", show_default=False)] = None,
-        cuda_snapshot: Annotated[bool, typer.Option(
-            "--cuda-snapshot", help="On CUDA, save the allocator history (cuda_snapshot.pickle).")] = False,
-        set_: Annotated[list[str] | None, typer.Option(
-            "--set", "-s", help="Override a key of the workload's config: key.path=value (repeatable).",
-            show_default=False)] = None,
-        out: OutOpt = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
+        flags: Any = None,
         as_json: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -101,15 +94,7 @@ def register(app: typer.Typer) -> None:
             from a2vtool.errors import LeakDetected
             from a2vtool.stages.memcheck import MemcheckConfig, run
 
-            o = overrides("out", out, device, seed)
-            o.update({k: v for k, v in {
-                "config": str(config) if config is not None else None, "workload": workload, "rounds": rounds,
-                "warmup": warmup, "threshold_pct": threshold, "slope_tolerance_pct": slope_tolerance,
-                "per_step": True if per_step else None, "trace": True if trace else None,
-                "tensors": False if no_tensors else None, "inject_leak": inject_leak,
-                "cuda_snapshot": True if cuda_snapshot else None, "set": list(set_) if set_ else None,
-            }.items() if v is not None})
-            cfg = load_config(MemcheckConfig, memcheck_config, None, o)
+            cfg = load_config(MemcheckConfig, memcheck_config, None, flag_overrides(MemcheckConfig, flags))
             s = summary(run(cfg))
             emit(s, as_json, _table)
             if s["verdict"] == "leak":

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from a2vtool.cli.common import ConfigOpt, DebugOpt, DeviceOpt, JsonOpt, SeedOpt, SetOpt, emit, overrides, run_guarded
+from a2vtool.cli.common import (ConfigOpt, DebugOpt, Flag, JsonOpt, SetOpt, config_command, csv_list, emit, flag_overrides,
+                                run_guarded, shared_flags)
+
+FLAGS = (
+    Flag("--embeddings", "embeddings", short="-e"),
+    *shared_flags(),
+    Flag("--generator", "generator"),
+    Flag("--granularity", "granularity"),
+    Flag("--classes", "classes", csv_list),
+)
 
 METRIC_COLUMNS = (("generator", "FD learned"), ("copy_train", "FD copy-train"), ("gaussian_all", "FD 1 Gaussian"),
                   ("gaussian_class", "FD Gaussian/class"))
@@ -48,17 +56,11 @@ def _table(s: dict[str, Any]) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train-generator")
+    @config_command(app, "train-generator", "train-generator", FLAGS)
     def train_generator(
-        embeddings: Annotated[Path | None, typer.Option("--embeddings", "-e", help="Embedding cache folder.", show_default=False)] = None,
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output generator artifact folder.", show_default=False)] = None,
-        generator: Annotated[str | None, typer.Option("--generator", help="vae, cvae or gan.", show_default=False)] = None,
-        granularity: Annotated[str | None, typer.Option("--granularity", help="unified, per_class or per_group.", show_default=False)] = None,
-        classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names.", show_default=False)] = None,
+        flags: Any = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
         as_json: JsonOpt = False,
         debug: DebugOpt = False,
     ) -> None:
@@ -68,10 +70,6 @@ def register(app: typer.Typer) -> None:
             from a2vtool.config import load_config
             from a2vtool.stages.train_generator import TrainGeneratorConfig, run
 
-            o = overrides("out", out, device, seed)
-            o.update({k: v for k, v in {
-                "embeddings": str(embeddings) if embeddings else None, "generator": generator, "granularity": granularity,
-                "classes": [c.strip() for c in classes.split(",") if c.strip()] if classes else None}.items() if v is not None})
-            return run(load_config(TrainGeneratorConfig, config, set_, o))
+            return run(load_config(TrainGeneratorConfig, config, set_, flag_overrides(TrainGeneratorConfig, flags)))
 
         emit(run_guarded(go, debug=debug, as_json=as_json), as_json, _table)

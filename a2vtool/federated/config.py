@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from a2vtool.config import Strict
+from a2vtool.config import StageConfig, Strict
 from a2vtool.federated.strategies import DEFAULT as DEFAULT_STRATEGY
 from a2vtool.federated.strategies import StrategySpec, params_for
 from a2vtool.imaging.config import ImagesSpec
@@ -101,7 +101,7 @@ class CheckpointSpec(Strict):
     keep_last: int | None = Field(None, ge=1, description="Keep only the last K round checkpoints (None = all).")
 
 
-class FederateConfig(Strict):
+class FederateConfig(StageConfig):
     name: str = Field("federation", description="Run name, recorded in the manifest.")
     nodes: list[NodeSpec] | None = Field(None, description="Explicit nodes (or use data.partition).")
     data: DataSpec = Field(default_factory=DataSpec, description="Embedding caches, splits and partitioning.")
@@ -115,8 +115,6 @@ class FederateConfig(Strict):
     images: ImagesSpec = Field(default_factory=ImagesSpec, description="Images during training.")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Round checkpoints.")
     out: Path = Field(Path("runs/federate"), description="Run directory.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    seed: int = Field(0, description="Seeds partitioning, initialisation, data order and dropout.")
 
     @model_validator(mode="after")
     def _nodes(self) -> FederateConfig:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from a2vtool.config import Strict
+from a2vtool.config import StageConfig, Strict
 from a2vtool.models.text_targets import DEFAULT_TEMPLATE
 
 
@@ -40,7 +40,7 @@ class ImagesSpec(RenderOptions):
     eval_clip: str | None = Field(None, description="CLIP model (hub id or folder) for zero-shot evaluation of the images; None = off.")
 
 
-class GenerateConfig(RenderOptions):
+class GenerateConfig(RenderOptions, StageConfig):
     """`a2vtool generate-images`: adapters + embeddings (or generators, or oracle targets) -> PNGs, grids, manifest."""
 
     adapters: Path | None = Field(None, description="A federate run dir (uses its final adapters) or one adapters .safetensors file.")
@@ -59,8 +59,6 @@ class GenerateConfig(RenderOptions):
     eval_clip: str | None = Field(None, description="CLIP model (hub id or folder) for zero-shot evaluation; None = off.")
     grid_columns: int = Field(8, ge=1, description="Columns of the per-class grids.")
     out: Path = Field(Path("runs/images"), description="Output folder: images/, grids/, journal.jsonl, manifest.json.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    seed: int = Field(0, description="Base seed; each image's seed is derived from it and the clip id.")
 
     @model_validator(mode="after")
     def _sources(self) -> GenerateConfig:

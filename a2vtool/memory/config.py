@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from a2vtool.config import Strict
+from a2vtool.config import StageConfig
 
 NEEDS_CONFIG = ("federate", "generate-images", "train-generator")
 
 
-class MemcheckConfig(Strict):
+class MemcheckConfig(StageConfig):
     """`a2vtool memcheck`: which workload, how many rounds, and when growth is a leak."""
 
     workload: Literal["federate", "generate-images", "train-generator", "synthetic"] = Field(
@@ -32,8 +32,6 @@ class MemcheckConfig(Strict):
         None, description="Self-test: add a known leak (tensor, graph or list) after every round.")
     cuda_snapshot: bool = Field(False, description="On CUDA, record allocator history and save cuda_snapshot.pickle.")
     out: Path = Field(Path("runs/memcheck"), description="Folder for memreport.json, memory.csv and memory.png.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (passed to the workload).")
-    seed: int = Field(0, description="Seed of the workload.")
 
     @model_validator(mode="after")
     def _check(self) -> MemcheckConfig:

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from a2vtool import SCHEMA_VERSION, ui
 from a2vtool.artifacts import HashMemo, base_manifest, cache_key
 from a2vtool.audio.datasets import DatasetSpec
-from a2vtool.config import Strict, dump_config
+from a2vtool.config import StageConfig, Strict, dump_config
 from a2vtool.errors import A2VError, InputError
 from a2vtool.models.ast import check_token_mode
 
@@ -26,7 +26,7 @@ class AudioModelSpec(Strict):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit); ignored for folders.")
 
 
-class EmbedConfig(Strict):
+class EmbedConfig(StageConfig):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Which clips to embed.")
     model: AudioModelSpec = Field(default_factory=AudioModelSpec, description="The frozen audio encoder.")
     sample_rate: int | None = Field(None, description="Resample clips to this rate; None = the model's own rate.")
@@ -37,10 +37,8 @@ class EmbedConfig(Strict):
     batch_size: int = Field(8, ge=1, description="Clips per model forward pass.")
     num_workers: int = Field(2, ge=1, le=64, description="Threads decoding audio and extracting features ahead of the model.")
     shard_rows: int | None = Field(None, ge=1, description="Rows per shard file; None = about 256 MB per shard.")
-    cache_root: Path = Field(Path("cache/embeddings"), description="Folder holding one sub-folder per cache key.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    out: Path = Field(Path("cache/embeddings"), alias="cache_root", description="Cache root: one sub-folder per cache key.")
     strict: bool = Field(False, description="Fail (exit 2) if any clip cannot be read, instead of skipping it.")
-    seed: int = Field(0, description="Recorded only: AST inference is deterministic.")
 
     @field_validator("token_mode")
     @classmethod
@@ -98,14 +96,14 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.compute_dtype, device)
     store_dtype = torch.float16 if cfg.storage_dtype == "fp16" else torch.float32
 
-    cfg.cache_root.mkdir(parents=True, exist_ok=True)
-    memo = HashMemo(cfg.cache_root / ".filehash-memo.json")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    memo = HashMemo(cfg.out / ".filehash-memo.json")
     fe = load_feature_extractor(cfg.model.name_or_path, cfg.model.revision, cfg.sample_rate)
     sr = int(fe.sampling_rate)
     identity = model_identity(cfg.model.name_or_path, cfg.model.revision, memo)
     settings = settings_for(cfg, identity, feature_settings(fe), sr, str(dtype).replace("torch.", ""))
     key = cache_key(settings)
-    directory = cfg.cache_root / key[:16]
+    directory = cfg.out / key[:16]
     fresh = base_manifest("a2v.embeddings", key, dump_config(cfg), settings=settings, dtype=str(store_dtype).replace("torch.", ""),
                           shape=None, shards=[], items={}, clips=[])
 

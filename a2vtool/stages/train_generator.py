@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from a2vtool import SCHEMA_VERSION, ui
-from a2vtool.config import Strict, dump_config, load_config
+from a2vtool.config import StageConfig, Strict, dump_config, load_config
 from a2vtool.errors import InputError
 
 KIND = "a2v.generators"
@@ -28,7 +28,7 @@ class TextTargetsSpec(Strict):
     root: Path = Field(Path("cache/text-targets"), description="Where computed text targets are cached by key.")
 
 
-class TrainGeneratorConfig(Strict):
+class TrainGeneratorConfig(StageConfig):
     embeddings: Path | None = Field(None, description="Embedding cache folder (has manifest.json); required.")
     dataset: str | None = Field(None, description="Dataset inside the cache; None = every dataset.")
     classes: list[str] | None = Field(None, description="Classes to model; None = every class (per_group: the grouped ones).")
@@ -62,8 +62,6 @@ class TrainGeneratorConfig(Strict):
     knn_k: int = Field(3, ge=1, description="k of the k-NN precision/recall.")
     text_targets: TextTargetsSpec = Field(default_factory=TextTargetsSpec, description="Text targets for cvae.")
     out: Path = Field(Path("runs/generators"), description="Output artifact folder (replaced atomically).")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    seed: int = Field(0, description="Seed for split, initialisation, shuffling and sampling.")
 
     @model_validator(mode="after")
     def _combinations(self) -> TrainGeneratorConfig:
