@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -35,46 +36,44 @@ class FedAdamParams(WeightedParams):
     tau: float = Field(1e-3, gt=0, description="Adaptivity (epsilon).")
 
 
-def _averaged(inp: ServerInputs) -> StateDict:
+def _server_update(inp: ServerInputs, update: Callable[[str, Any, Any, Any], tuple[Any, StateDict]]) -> ServerOutput:
+    """Average the nodes, then per float key: update(key, global64, avg64, global) -> (new64, server entries)."""
+    import torch
+
     validate_states(inp.global_state, inp.node_states, inp.num_samples)
-    return average(inp.node_states, aggregation_weights(inp.num_samples, inp.params.weighting))
+    avg = average(inp.node_states, aggregation_weights(inp.num_samples, inp.params.weighting))
+    new: StateDict = {}
+    server: StateDict = {}
+    for key, g in inp.global_state.items():
+        if not g.is_floating_point():
+            new[key] = avg[key]
+            continue
+        value, entries = update(key, g.detach().to(dtype=torch.float64), avg[key], g)
+        new[key] = value.to(dtype=g.dtype)
+        server.update({k: v.to(dtype=server_dtype(g)) for k, v in entries.items()})
+    return ServerOutput(new, server)
 
 
 def _fedavgm(inp: ServerInputs) -> ServerOutput:
-    import torch
+    p = inp.params
 
-    avg, p = _averaged(inp), inp.params
-    new: StateDict = {}
-    server: StateDict = {}
-    for key, g in inp.global_state.items():
-        if not g.is_floating_point():
-            new[key] = avg[key]
-            continue
-        g64 = g.detach().to(dtype=torch.float64)
-        v = server_get(inp.server_state, f"m.{key}", g) * p.momentum + (g64 - avg[key])  # pseudo-gradient
-        new[key] = (g64 - p.server_lr * v).to(dtype=g.dtype)
-        server[f"m.{key}"] = v.to(dtype=server_dtype(g))
-    return ServerOutput(new, server)
+    def update(key: str, g64: Any, avg: Any, g: Any) -> tuple[Any, StateDict]:
+        v = server_get(inp.server_state, f"m.{key}", g) * p.momentum + (g64 - avg)  # pseudo-gradient
+        return g64 - p.server_lr * v, {f"m.{key}": v}
+
+    return _server_update(inp, update)
 
 
 def _fedadam(inp: ServerInputs) -> ServerOutput:
-    import torch
+    p = inp.params
 
-    avg, p = _averaged(inp), inp.params
-    new: StateDict = {}
-    server: StateDict = {}
-    for key, g in inp.global_state.items():
-        if not g.is_floating_point():
-            new[key] = avg[key]
-            continue
-        g64 = g.detach().to(dtype=torch.float64)
-        d = avg[key] - g64  # delta (note the sign, Reddi et al. 2021)
+    def update(key: str, g64: Any, avg: Any, g: Any) -> tuple[Any, StateDict]:
+        d = avg - g64  # delta (note the sign, Reddi et al. 2021)
         m = server_get(inp.server_state, f"m.{key}", g) * p.beta1 + (1 - p.beta1) * d
         v = server_get(inp.server_state, f"v.{key}", g) * p.beta2 + (1 - p.beta2) * d * d
-        new[key] = (g64 + p.server_lr * m / (v.sqrt() + p.tau)).to(dtype=g.dtype)
-        server[f"m.{key}"] = m.to(dtype=server_dtype(g))
-        server[f"v.{key}"] = v.to(dtype=server_dtype(g))
-    return ServerOutput(new, server)
+        return g64 + p.server_lr * m / (v.sqrt() + p.tau), {f"m.{key}": m, f"v.{key}": v}
+
+    return _server_update(inp, update)
 
 
 register(Strategy("fedavgm", "FedAvgM: server momentum on the averaged update.", FedAvgMParams, _fedavgm,
