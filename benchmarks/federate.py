@@ -100,8 +100,9 @@ def federation_benchmarks(work: Path, quick: bool) -> None:
 
 # -- adapter size and quality ---------------------------------------------------------------------------------
 
-def default_adapters(in_dim: int, shapes: dict[str, tuple[int, ...]], spec: AdapterSpec | None = None) -> Any:
-    return build_adapters(in_dim, shapes, spec or AdapterSpec())
+def default_adapters(in_dim: int, shapes: dict[str, tuple[int, ...]], spec: AdapterSpec | None = None,
+                     tokens: int = 16) -> Any:
+    return build_adapters(in_dim, shapes, spec or AdapterSpec(), tokens=tokens)
 
 
 class PrototypeAdapters(torch.nn.Module):
@@ -114,7 +115,7 @@ class PrototypeAdapters(torch.nn.Module):
         self.parts = torch.nn.ModuleDict()
         for name, shape in shapes.items():
             hidden = [1024 // scale, 2048 // scale] + ([2048 // scale] if len(shape) == 2 else [])
-            self.parts[name] = build_adapters(in_dim, {name: shape}, AdapterSpec(hidden=hidden, width=shape[-1], heads=8, dropout=0.1))
+            self.parts[name] = build_adapters(in_dim, {name: shape}, AdapterSpec(hidden=hidden, width=shape[-1], heads=8, dropout=0.1, positions=0))
         self.slots = torch.nn.ModuleDict({n: p.slots[n] for n, p in self.parts.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,11 +157,11 @@ def train_and_score(model: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: to
 
 def adapter_benchmarks(quick: bool) -> None:
     real_in, real_shapes = 768, {"prompt_embeds": (17, 4096), "pooled_prompt_embeds": (768,)}
-    p_default = count_on_meta(lambda: default_adapters(real_in, real_shapes))
+    p_default = count_on_meta(lambda: default_adapters(real_in, real_shapes, tokens=1214))  # AST full tokens
     p_proto = count_on_meta(lambda: PrototypeAdapters(real_in, real_shapes))
     d = AdapterSpec()
     print(f"# adapter sizes at the real FLUX slots (prompt_embeds 17x4096 + pooled 768, input 768): default "
-          f"AdapterSpec(hidden={d.hidden}, width={d.width}, heads={d.heads}) {p_default:,} params; prototype-sized "
+          f"AdapterSpec(hidden={d.hidden}, width={d.width}, heads={d.heads}, positions=1214 AST tokens) {p_default:,} params; prototype-sized "
           f"(token MLP [1024,2048]/[1024,2048,2048], pooling width = slot width 768/4096) {p_proto:,} params", flush=True)
     bench("adapter_params_ratio", p_default / p_proto, "x", "<=", 0.1)
 

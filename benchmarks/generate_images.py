@@ -34,8 +34,8 @@ def setup(root: Path, family: str, clips: int) -> dict[str, Any]:
                                             for i in range(clips)], dataset="bench")
     shapes = {"prompt_embeds": (77, 32)} if family == "sd" else {"prompt_embeds": (8, 48), "pooled_prompt_embeds": (32,)}
     spec = AdapterSpec(hidden=[16], width=16, heads=2, dropout=0.0)
-    m = build_adapters(d, shapes, spec)
-    arch = {"in_dim": d, "slot_shapes": {k: list(v) for k, v in shapes.items()}, "spec": spec.model_dump(), "family": family}
+    m = build_adapters(d, shapes, spec, tokens=8)
+    arch = {"in_dim": d, "slot_shapes": {k: list(v) for k, v in shapes.items()}, "spec": spec.resolved(8).model_dump(), "family": family}
     save_adapters(root / "adapters.safetensors", m.state_dict(), "bench", arch)
     return {"pipeline": str(pipe), "cache": cache, "adapters": root / "adapters.safetensors"}
 

@@ -109,7 +109,8 @@ def load_adapters(source: Path, which: str = "global", device: str = "cpu") -> t
         arch = json.loads(meta["arch"])
     except (KeyError, ValueError):
         raise ArtifactError(f"{path} has no adapter architecture in its header") from None
-    model = build_adapters(arch["in_dim"], {k: tuple(v) for k, v in arch["slot_shapes"].items()}, AdapterSpec(**arch["spec"]))
+    spec = {"positions": 0, **arch["spec"]}  # adapters saved before position embeddings existed have none
+    model = build_adapters(arch["in_dim"], {k: tuple(v) for k, v in arch["slot_shapes"].items()}, AdapterSpec(**spec))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{path} does not match its architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -43,6 +43,7 @@ class LocalEngine:
         shape = tuple(next(iter(self.caches.values())).shape)
         self.fed = Federation(cfg, run_dir, self.nodes, shape, resume=resume)
         self.workers: list[NodeWorker] = []
+        self._eval_model: Any = None  # one model reused for every evaluation of a state
 
     def setup(self) -> None:
         from a2vtool.runtime import resolve_device
@@ -85,7 +86,10 @@ class LocalEngine:
         """Each state evaluated on every node's clips of `splits`, merged over the nodes (as the Flower engines do)."""
         out = []
         for state in states:
-            model = self.fed.build(state)
+            if self._eval_model is None:
+                self._eval_model = self.fed.build()
+            model = self._eval_model
+            model.load_state_dict(state)
             parts = [w.evaluate(model, own=False, splits=splits) for w in self.workers]
             out.append({s: merge_evals([p.get(s, {"n": 0}) for p in parts]) for s in splits})
         return out
@@ -117,6 +121,7 @@ class LocalEngine:
         return self.fed.finish()
 
     def close(self) -> None:
+        self._eval_model = None
         for w in self.workers:
             w.close()
         for c in self.caches.values():

@@ -61,7 +61,7 @@ class Federation:
         self.targets = load_targets(cfg, classes, self.slots)
         shapes = self.targets.slot_shapes()
         self.arch = {"in_dim": self.shape[-1], "slot_shapes": {k: list(v) for k, v in shapes.items()},
-                     "spec": cfg.adapters.model_dump(), "family": self.family}
+                     "spec": cfg.adapters.resolved(self.shape[0]).model_dump(), "family": self.family}
         torch.manual_seed(cfg.seed)
         self.global_model = self.build()
         self.node_states: list[tuple[StateDict, dict[str, Any] | None]] = []
@@ -82,7 +82,7 @@ class Federation:
             self._start_fresh()
 
     def build(self, state: StateDict | None = None) -> Any:
-        return build_model(self.shape[-1], self.targets, self.cfg, state)
+        return build_model(tuple(self.shape), self.targets, self.cfg, state)
 
     def _generators(self, classes: list[str]) -> Any:
         from a2vtool.models.generator_store import load_generator_set

@@ -48,11 +48,12 @@ def load_targets(cfg: FederateConfig, classes: list[str], slots: list[str]) -> A
     return tt
 
 
-def build_model(in_dim: int, targets: Any, cfg: FederateConfig, state: StateDict | None = None) -> Any:
-    """Adapters for the federation's slots with the target statistics set; `state` loaded when given."""
+def build_model(shape: tuple[int, ...], targets: Any, cfg: FederateConfig, state: StateDict | None = None) -> Any:
+    """Adapters for clips of `shape` (tokens, dim) and the federation's slots, with the target statistics set;
+    `state` loaded when given."""
     from a2vtool.models.adapters import build_adapters, set_target_stats
 
-    m = build_adapters(in_dim, targets.slot_shapes(), cfg.adapters)
+    m = build_adapters(shape[-1], targets.slot_shapes(), cfg.adapters, tokens=shape[0])
     set_target_stats(m, targets.slots)
     if state is not None:
         m.load_state_dict(state)
@@ -61,6 +62,9 @@ def build_model(in_dim: int, targets: Any, cfg: FederateConfig, state: StateDict
 
 def optimizer_to(opt: Any, device: Any) -> None:
     """Move an optimizer's state tensors to `device`; AdamW's `step` counters stay on the CPU (as torch wants)."""
+    if str(device) == "cpu" and all(getattr(v, "device", None) is None or v.device.type == "cpu"
+                                    for st in opt.state.values() for v in st.values()):
+        return
     for st in opt.state.values():
         for k, v in st.items():
             if hasattr(v, "to") and k != "step":
@@ -82,7 +86,7 @@ class NodeWorker:
         """(Re)build the live adapters and optimizer from a state (priming by the server, or a ClientApp's context)."""
         from a2vtool.federated.node import make_optimizer
 
-        self.model = build_model(self.cache.shape[-1], self.targets, self.cfg, model_state)
+        self.model = build_model(tuple(self.cache.shape), self.targets, self.cfg, model_state)
         self.opt = make_optimizer(self.model, self.cfg.training)
         if opt_state is not None:
             self.opt.load_state_dict(opt_state)
@@ -97,7 +101,7 @@ class NodeWorker:
                 for s in (splits or cfg.eval.splits) if nd.splits.get(s)}
 
     def evaluate_state(self, state: StateDict, splits: list[str] | None = None) -> dict[str, Any]:
-        return self.evaluate(build_model(self.cache.shape[-1], self.targets, self.cfg, state), False, splits)
+        return self.evaluate(build_model(tuple(self.cache.shape), self.targets, self.cfg, state), False, splits)
 
     def close(self) -> None:
         self.model = self.opt = None
@@ -114,8 +118,10 @@ def node_round(worker: NodeWorker, r: int, global_state: StateDict | None, evalu
     model, opt = worker.model, worker.opt
     if global_state is not None and st.exchanges:
         model.load_state_dict(global_state)
-    model.to(worker.device)
-    optimizer_to(opt, worker.device)
+    on_cpu = str(worker.device) == "cpu"
+    if not on_cpu:
+        model.to(worker.device)
+        optimizer_to(opt, worker.device)
     global_params = [p.detach().clone() for p in model.parameters()] if st.proximal and global_state is not None else None
     E = cfg.training.local_epochs
     train = train_node(model, opt, worker.cache, worker.node.splits["train"], worker.targets, cfg.training,
@@ -123,8 +129,9 @@ def node_round(worker: NodeWorker, r: int, global_state: StateDict | None, evalu
                        total_epochs=cfg.rounds * E, global_params=global_params,
                        mu=float(getattr(cfg.strategy, "mu", 0.0)))
     del global_params
-    model.to("cpu")
-    optimizer_to(opt, "cpu")
+    if not on_cpu:
+        model.to("cpu")
+        optimizer_to(opt, "cpu")
     ev = worker.evaluate(model, own=True) if evaluate else None
     return NodeUpdate(model.state_dict(), opt.state_dict(), train, ev)
 

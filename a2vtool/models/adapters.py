@@ -14,13 +14,26 @@ class AdapterSpec(Strict):
     width: int = Field(512, ge=8, description="Width of the attention pooling (queries, keys, values).")
     heads: int = Field(8, ge=1, description="Attention heads in the pooling; must divide width.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in the MLP and attention (train mode only).")
+    positions: int | None = Field(None, ge=0, description=(
+        "Learned position embeddings added to the tokens before pooling: a table of this many positions, linearly "
+        "resized when a clip has another token count; null = the embedding cache's token count; 0 = order-blind "
+        "pooling, which cannot tell spoken words apart by the order of their sounds."))
+
+    def resolved(self, tokens: int) -> "AdapterSpec":
+        """This spec with `positions: null` replaced by the clips' token count (what a checkpoint records)."""
+        return self if self.positions is not None else self.model_copy(update={"positions": int(tokens)})
 
 
-def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: AdapterSpec) -> Any:
-    """One SlotAdapter per target slot, in a module whose forward returns {slot: (B, *slot_shape)}."""
+def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: AdapterSpec, tokens: int | None = None) -> Any:
+    """One SlotAdapter per target slot, in a module whose forward returns {slot: (B, *slot_shape)}, for clips of
+    `tokens` tokens of width `in_dim` (`tokens` sizes the position table when `spec.positions` is null)."""
     import torch
     from torch import nn
 
+    if spec.positions is None:
+        if tokens is None:
+            raise ValueError("build_adapters: adapters.positions is null (the token count) but no token count was given")
+        spec = spec.resolved(tokens)
     if spec.width % spec.heads:
         from a2vtool.errors import InputError
 
@@ -40,6 +53,8 @@ def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: A
                 d = h
             layers.append(nn.Linear(d, spec.width))
             self.mlp = nn.Sequential(*layers)
+            # Attention pooling is permutation-invariant: without positions a clip is a bag of tokens.
+            self.pos = nn.Parameter(torch.randn(spec.positions, spec.width) * 0.02) if spec.positions else None
             self.norm_kv = nn.LayerNorm(spec.width)
             self.queries = nn.Parameter(torch.randn(n_queries, spec.width) * spec.width**-0.5)
             self.attn = nn.MultiheadAttention(spec.width, spec.heads, dropout=spec.dropout, batch_first=True)
@@ -53,7 +68,10 @@ def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: A
             self.register_buffer("scale", torch.ones(()))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            kv = self.norm_kv(self.mlp(x))
+            h = self.mlp(x)
+            if self.pos is not None:
+                h = h + resize_positions(self.pos, h.shape[1])
+            kv = self.norm_kv(h)
             q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
             pooled, _ = self.attn(q, kv, kv, need_weights=False)
             pooled = pooled + q
@@ -72,6 +90,17 @@ def build_adapters(in_dim: int, slot_shapes: dict[str, tuple[int, ...]], spec: A
             return {name: m(x) for name, m in self.slots.items()}
 
     return Adapters()
+
+
+def resize_positions(table: Any, n: int) -> Any:
+    """A (P, W) position table resized linearly to (n, W) (the table itself when n == P)."""
+    import torch.nn.functional as F
+
+    if table.shape[0] == n:
+        return table
+    if table.shape[0] == 1:
+        return table.expand(n, -1)
+    return F.interpolate(table.T.unsqueeze(0), size=n, mode="linear", align_corners=True)[0].T
 
 
 def set_target_stats(model: Any, slots: dict[str, Any]) -> None:

@@ -363,7 +363,7 @@ def test_manifest_final_adapters_and_pruning(world: dict[str, Path], tmp_path: P
         assert m == json.loads(json.dumps(manifest))
         assert m["seed"] == 7 and m["rounds"] == 4
         assert m["config"]["seed"] == 7 and m["config"]["checkpoints"]["keep_last"] == 2
-        assert m["config"]["adapters"] == {"hidden": [32], "width": 16, "heads": 2, "dropout": 0.0}
+        assert m["config"]["adapters"] == {"hidden": [32], "width": 16, "heads": 2, "dropout": 0.0, "positions": None}
         text = json.dumps(m)
         assert "torch" in text and "a2vtool" in text.lower()  # versions are recorded
         assert ck.complete_rounds(run_dir) == [3, 4]

@@ -33,7 +33,7 @@ def _targets() -> TextTargets:
 
 def _build(tt: TextTargets, state=None):  # noqa: ANN001, ANN202
     torch.manual_seed(1)
-    m = build_adapters(DIM, tt.slot_shapes(), SPEC)
+    m = build_adapters(DIM, tt.slot_shapes(), SPEC, tokens=TOKENS)
     set_target_stats(m, tt.slots)
     if state is not None:
         m.load_state_dict(state)

@@ -34,8 +34,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
     spec = AdapterSpec(**SPEC)
     for fam, shapes in SHAPES.items():
         torch.manual_seed(1)
-        m = build_adapters(D, shapes, spec)
-        arch = {"in_dim": D, "slot_shapes": {k: list(v) for k, v in shapes.items()}, "spec": spec.model_dump(), "family": fam}
+        m = build_adapters(D, shapes, spec, tokens=6)
+        arch = {"in_dim": D, "slot_shapes": {k: list(v) for k, v in shapes.items()}, "spec": spec.resolved(6).model_dump(), "family": fam}
         save_adapters(root / f"adapters-{fam}.safetensors", m.state_dict(), "k", arch, round="3")
         paths[f"adapters-{fam}"] = root / f"adapters-{fam}.safetensors"
     paths["root"] = root

@@ -28,8 +28,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
     p["cache"] = import_tensors(root / "cache", [(f"{c}-{i}", c, "test", torch.randn(4, D, generator=g))
                                                  for c in ("dog", "rain") for i in range(2)], dataset="synthetic")
     spec = AdapterSpec(hidden=[8], width=8, heads=2, dropout=0.0)
-    m = build_adapters(D, {"prompt_embeds": (77, 32)}, spec)
-    arch = {"in_dim": D, "slot_shapes": {"prompt_embeds": [77, 32]}, "spec": spec.model_dump(), "family": "sd"}
+    m = build_adapters(D, {"prompt_embeds": (77, 32)}, spec, tokens=4)
+    arch = {"in_dim": D, "slot_shapes": {"prompt_embeds": [77, 32]}, "spec": spec.resolved(4).model_dump(), "family": "sd"}
     save_adapters(root / "adapters.safetensors", m.state_dict(), "k", arch, round="2")
     p["adapters"] = root / "adapters.safetensors"
     p["root"] = root
