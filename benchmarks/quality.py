@@ -62,7 +62,7 @@ def base_config(work: Path, emb: Path, tiny: dict[str, Path], quick: bool) -> di
         "data": {"embeddings": str(emb), "partition": {"kind": "natural", "by": "speaker"}},
         "pipeline": {"name_or_path": str(tiny["sd"]), "targets_root": str(work / "text-targets")},
         "adapters": {"hidden": [128], "width": 128, "heads": 4, "dropout": 0.1},
-        "training": {"local_epochs": 2, "batch_size": 16},
+        "training": {"local_epochs": 5, "batch_size": 16, "lr": 1e-3},
         "eval": {"splits": ["val", "test"], "cross": False},
         "checkpoints": {"keep_last": 1},
         "rounds": 6 if quick else 12, "device": "cpu", "seed": 0,

@@ -119,5 +119,48 @@ def load_adapters(source: Path, which: str = "global", device: str = "cpu") -> t
     return model.eval().to(device), info
 
 
+def clone_tensors(obj: Any) -> Any:
+    """A deep copy of the tensors in nested dicts/lists (other values shared): a snapshot later training cannot change."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(clone_tensors(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Runs checkpoint writes one at a time, on one background thread (or inline with background=False). A write's
+    error is raised by the next `submit`, `wait` or `close`, so it is never lost."""
+
+    def __init__(self, background: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2v-checkpoint") if background else None
+        self._pending: Any = None
+
+    def submit(self, write: Any) -> None:
+        self.wait()
+        if self._pool is None:
+            write()
+        else:
+            self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
 def read_state(run: Path, r: int) -> dict[str, Any]:
     return read_json_file(round_dir(run, r) / "state.json", "round state")

@@ -78,7 +78,7 @@ class PipelineSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    local_epochs: int = Field(1, ge=1, description="Epochs over the node's train split per round.")
+    local_epochs: int = Field(5, ge=1, description="Epochs over the node's train split per round.")
     batch_size: int = Field(16, ge=1, description="Clips per optimisation step.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (all slots unless slot_lr says otherwise).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -99,6 +99,9 @@ class EvalSpec(Strict):
 
 class CheckpointSpec(Strict):
     keep_last: int | None = Field(None, ge=1, description="Keep only the last K round checkpoints (None = all).")
+    background: bool = Field(True, description=(
+        "Write each round's checkpoint on a background thread while the next round trains (one write in flight; "
+        "the run waits for it before the next checkpoint and at the end). Holds one extra copy of the states."))
 
 
 class FederateConfig(StageConfig):

@@ -122,6 +122,7 @@ class LocalEngine:
 
     def close(self) -> None:
         self._eval_model = None
+        self.fed.close()
         for w in self.workers:
             w.close()
         for c in self.caches.values():

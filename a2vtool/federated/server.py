@@ -48,6 +48,7 @@ class Federation:
         self.family, self.slots = check_pipeline(cfg)
         self.start_round = 1
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.writer = ck.CheckpointWriter(cfg.checkpoints.background)
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -209,31 +210,48 @@ class Federation:
         return records
 
     def _checkpoint(self, r: int, records: list[dict[str, Any]]) -> None:
+        """Metrics now; the round checkpoint from a snapshot of this round's states, written by the checkpoint
+        writer (in the background while the next round trains, by default)."""
         import torch
-
-        from a2vtool.artifacts import staged_dir
 
         # Metrics first: a kill between the two leaves lines of an incomplete round, which resume drops
         # (it keeps rounds <= the last complete checkpoint); the other order would lose a complete round's lines.
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
+        snap = ck.clone_tensors({"nodes": self.node_states, "server": (self.server_state, self.server_opt),
+                                 "global": self.global_model.state_dict() if self.strategy.exchanges else None})
+        state = {"round": r, "seed": self.cfg.seed,
+                 "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+        self.writer.submit(lambda: self._write_checkpoint(r, snap, state))
+
+    def _write_checkpoint(self, r: int, snap: dict[str, Any], state: dict[str, Any]) -> None:
+        from a2vtool.artifacts import staged_dir
+
         with staged_dir(ck.round_dir(self.run_dir, r)) as d:
-            for nd, (model, opt) in zip(self.nodes, self.node_states):
+            for nd, (model, opt) in zip(self.nodes, snap["nodes"]):
                 ck.save_node_state(d / f"{nd.name}.safetensors", model, opt, self.key)
-            if self.strategy.exchanges:
-                ck.save_adapters(d / "global.safetensors", self.global_model.state_dict(), self.key, self.arch,
+            if snap["global"] is not None:
+                ck.save_adapters(d / "global.safetensors", snap["global"], self.key, self.arch,
                                  round=str(r), which="global", targets_key=self.targets.key)
-            if self.server_state or self.server_opt:
-                ck.save_node_state(d / "server.safetensors", self.server_state, self.server_opt, self.key)
-            write_json_atomic(d / "state.json", {
-                "round": r, "seed": self.cfg.seed,
-                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()})
+            server_state, server_opt = snap["server"]
+            if server_state or server_opt:
+                ck.save_node_state(d / "server.safetensors", server_state, server_opt, self.key)
+            write_json_atomic(d / "state.json", state)  # last: the round is complete
         ck.prune_rounds(self.run_dir, self.cfg.checkpoints.keep_last)
+
+    def flush(self) -> None:
+        """Wait for the checkpoint being written (raising its error, if any)."""
+        self.writer.wait()
+
+    def close(self) -> None:
+        """Wait for the last checkpoint write and stop the writer thread (also after an error)."""
+        self.writer.close()
 
     # -- end ------------------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """Write final adapters and the run manifest (last)."""
+        """Wait for the last round checkpoint, then write final adapters and the run manifest (last)."""
+        self.flush()
         final = self.run_dir / "final"
         final.mkdir(exist_ok=True)
         files = {}

@@ -214,6 +214,45 @@ def test_same_seed_same_results(world: dict[str, Path], tmp_path: Path) -> None:
     assert [_strip_timing(x) for x in metrics(tmp_path / "a")] != [_strip_timing(x) for x in metrics(tmp_path / "c")]
 
 
+def _round_tensors(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    return {str(p.relative_to(run_dir)): load_file(str(p)) for p in sorted((run_dir / "rounds").rglob("*.safetensors"))}
+
+
+def test_background_checkpoints_equal_inline_ones(world: dict[str, Path], tmp_path: Path) -> None:
+    # fedavgm: server state too; the background writer snapshots states that the next round then changes
+    over = {"rounds": 3, "strategy": {"name": "fedavgm"}, "eval": {"cross": False}}
+    federate(make_cfg(world, tmp_path / "bg", **over))
+    federate(make_cfg(world, tmp_path / "inline", checkpoints={"background": False}, **over))
+    bg, inline = _round_tensors(tmp_path / "bg"), _round_tensors(tmp_path / "inline")
+    assert len(bg) == 3 * (len(CLASSES) + 2)  # per round: every node, the global, the server state
+    assert_same_tensors(bg, inline)
+    assert ck.complete_rounds(tmp_path / "bg") == [1, 2, 3]
+    for r in (1, 2, 3):
+        a, b = ck.read_state(tmp_path / "bg", r), ck.read_state(tmp_path / "inline", r)
+        assert a == b and a["round"] == r  # the RNG state is the one of the round's end, not of the write
+
+
+def test_a_failed_background_write_is_raised_not_lost(tmp_path: Path) -> None:
+    w = ck.CheckpointWriter(background=True)
+    done: list[int] = []
+
+    def bad() -> None:
+        raise OSError("disk full")
+
+    w.submit(lambda: done.append(1))
+    w.submit(bad)  # waits for the first write, then starts this one
+    assert done == [1]
+    with pytest.raises(OSError, match="disk full"):
+        w.wait()
+    w.submit(lambda: done.append(2))
+    w.submit(bad)
+    with pytest.raises(OSError, match="disk full"):
+        w.close()
+    assert done == [1, 2]
+
+
 # -- strategies -------------------------------------------------------------------------------------------
 
 def _finite(x: Any) -> bool:
