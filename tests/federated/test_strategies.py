@@ -97,11 +97,11 @@ def test_fedavgm_two_rounds() -> None:
 
 
 def test_fedadam_one_step_default_params() -> None:
-    # b1=0.9, b2=0.99, tau=1e-3, lr=1; global [0, 1], avg [1, 1] -> d = avg - global = [1, 0]
+    # b1=0.9, b2=0.99, tau=1e-3, lr=0.01; global [0, 1], avg [1, 1] -> d = avg - global = [1, 0]
     #   m = 0.1*d = [0.1, 0]; v = 0.01*d^2 = [0.01, 0]
-    #   new = global + m / (sqrt(v) + tau) = [0.1/0.101, 1 + 0/0.001] = [0.9900990099..., 1]
+    #   new = global + lr * m / (sqrt(v) + tau) = [0.01*0.1/0.101, 1 + 0/0.001] = [0.00990099009..., 1]
     new, server = run("fedadam", t(0, 1), states((1, 1), (1, 1)), [3, 5])
-    assert torch.allclose(new["w"], t(0.990099009900990, 1.0), atol=1e-12)
+    assert torch.allclose(new["w"], t(0.00990099009900990, 1.0), atol=1e-12)
     assert torch.allclose(server["m.w"], t(0.1, 0), atol=1e-12)
     assert torch.allclose(server["v.w"], t(0.01, 0), atol=1e-12)
 
