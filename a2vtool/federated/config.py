@@ -32,6 +32,7 @@ class PartitionSpec(Strict):
         "iid", description="How to deal clips to nodes: iid, dirichlet, classes_per_node, or natural (one node per value of the metadata column `by`).")
     num_nodes: int | None = Field(None, ge=1, description="Number of nodes (default 4). natural: merge the values into N nodes, round-robin over the sorted values, when there are more than N; default one node per value.")
     by: str | None = Field(None, min_length=1, description="natural: the clip metadata column whose values become the nodes (speaker, fold, split, a csv column, ytid, ...).")
+    largest: int | None = Field(None, ge=1, description="natural: keep only the N values with the most clips (ties in sorted value order) and leave the other values' clips out; applied before num_nodes merges.")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (small = skewed).")
     classes_per_node: int = Field(1, ge=1, description="classes_per_node: classes each node holds.")
     samples_per_class: int | None = Field(None, ge=1, description="Cap on clips per class before dealing.")
@@ -48,8 +49,9 @@ class PartitionSpec(Strict):
     def _natural_by(self) -> PartitionSpec:
         if self.kind == "natural" and self.by is None:
             raise ValueError("kind natural needs `by`: the metadata column whose values become nodes (e.g. speaker)")
-        if self.kind != "natural" and self.by is not None:
-            raise ValueError(f"`by` is only used by kind natural, not {self.kind}; remove it")
+        for key in ("by", "largest"):
+            if self.kind != "natural" and getattr(self, key) is not None:
+                raise ValueError(f"`{key}` is only used by kind natural, not {self.kind}; remove it")
         return self
 
 

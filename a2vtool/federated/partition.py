@@ -240,6 +240,9 @@ def _natural(p: PartitionSpec, groups: dict[str, list[Any]], seed: int, source: 
     named `<by>-<value>` (merged nodes: `<by>-<v1>+<v2>...`, or `<by>-group-NN` beyond 4 values)."""
     assert p.by is not None
     by_value = natural_values([e for c in sorted(groups) for e in groups[c]], p.by, source)
+    if p.largest is not None and p.largest < len(by_value):
+        keep = set(sorted(by_value, key=lambda v: -len(by_value[v]))[: p.largest])  # stable: ties in value order
+        by_value = {v: es for v, es in by_value.items() if v in keep}
     out: list[tuple[str, list[Any]]] = []
     taken: set[str] = set()
     for j, vals in enumerate(natural_groups(list(by_value), p.num_nodes)):

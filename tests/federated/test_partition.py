@@ -214,6 +214,18 @@ def test_natural_partition_merges_into_num_nodes(speaker_cache: Path) -> None:
     assert node_count(natural(speaker_cache, num_nodes=2)) == 2
 
 
+def test_natural_partition_keeps_the_largest_values(speaker_cache: Path) -> None:
+    sizes = {s: 3 * k + (s == "ann") for s, k in SPEAKERS.items()}
+    biggest = sorted(sizes, key=lambda s: -sizes[s])
+    nodes = build_nodes(natural(speaker_cache, largest=2))
+    assert [n.name for n in nodes] == [f"speaker-{s.replace(' ', '_')}" for s in sorted(biggest[:2])]  # value order kept
+    assert [sum(n.count(s) for s in ("train", "val", "test")) for n in nodes] == [sizes[s] for s in sorted(biggest[:2])]
+    assert node_count(natural(speaker_cache, largest=2)) == 2
+    merged = build_nodes(natural(speaker_cache, largest=2, num_nodes=1))  # the cap first, then the merge
+    assert len(merged) == 1 and sum(merged[0].count(s) for s in ("train", "val", "test")) == sum(sizes[s] for s in biggest[:2])
+    assert [n.name for n in build_nodes(natural(speaker_cache, largest=9))] == [n.name for n in build_nodes(natural(speaker_cache))]
+
+
 def test_natural_partition_by_other_columns(speaker_cache: Path) -> None:
     nodes = build_nodes(cfg(speaker_cache, data={"dataset": "spoken", "partition": {"kind": "natural", "by": "label"}}))
     assert [n.name for n in nodes] == [f"label-{c}" for c in CLASSES[:3]] and all(len(n.classes) == 1 for n in nodes)
@@ -239,6 +251,8 @@ def test_natural_partition_config_errors(speaker_cache: Path) -> None:
         cfg(speaker_cache, data={"partition": {"kind": "natural"}})
     with pytest.raises(ConfigError, match="`by` is only used by kind natural"):
         cfg(speaker_cache, data={"partition": {"kind": "iid", "by": "speaker"}})
+    with pytest.raises(ConfigError, match="`largest` is only used by kind natural"):
+        cfg(speaker_cache, data={"partition": {"kind": "dirichlet", "largest": 2}})
     # dealing partitioners keep their default of 4 nodes (stored configs unchanged); natural defaults to one per value
     assert cfg(speaker_cache, data={"partition": {"kind": "iid"}}).data.partition.num_nodes == 4
     assert natural(speaker_cache).data.partition.num_nodes is None
