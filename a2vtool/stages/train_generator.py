@@ -305,7 +305,7 @@ def run(cfg: TrainGeneratorConfig) -> dict[str, Any]:
                      "sampler_params": counts["sampler"], **res.summary()})
     real = {c: features(prep.x[[i for i in prep.val_idx if prep.labels[i] == c]]) for c in prep.classes}
     train = {c: features(prep.x[[i for i in prep.train_idx if prep.labels[i] == c]]) for c in prep.classes}
-    metrics = evaluate(real, generated, train, n=cfg.eval_samples, k=cfg.knn_k, seed=cfg.seed)
+    metrics = evaluate(real, generated, train, n=cfg.eval_samples, k=cfg.knn_k, seed=cfg.seed, kind=cfg.generator)
     rec = recommend_for_kd(metrics["summary"], cfg.generator, class_specific)
     metrics["summary"]["recommended_for_kd"] = rec
     metrics["summary"]["verdict"] = (metrics["summary"].get("verdict", "") + " " + rec["line"]).strip()

@@ -277,7 +277,7 @@ def test_strategies_smoke(world: dict[str, Path], tmp_path: Path, strategy: dict
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_kd_with_generators(world: dict[str, Path], tmp_path: Path) -> None:
+def test_kd_with_generators(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("a2vtool.models.generator_store")
     tg = pytest.importorskip("a2vtool.stages.train_generator")
     cfg_cls = getattr(tg, "TrainGeneratorConfig", None) or getattr(tg, "GeneratorConfig", None)
@@ -293,12 +293,20 @@ def test_kd_with_generators(world: dict[str, Path], tmp_path: Path) -> None:
             data[k] = v
     gcfg = validate(cfg_cls, data, "test")
     tg.run(gcfg)
+    from a2vtool import ui
+    from a2vtool.models.generator_store import load_generator_set
+
+    warned: list[str] = []
+    monkeypatch.setattr(ui, "warn", warned.append)
     manifest = federate(make_cfg(world, tmp_path / "run", rounds=2,
                                  strategy={"name": "kd", "generators": str(gen_out), "samples_per_class": 4,
                                                            "epochs": 1, "batch_size": 8}))
     rows = metrics(tmp_path / "run")
     assert {x["round"] for x in rows} == {1, 2} and all(_finite(x) for x in rows)
     assert manifest["final"]["adapters"]["global"]
+    # KD says so when the generators' own quality report recommends another generator (and only then)
+    rec = load_generator_set(gen_out).recommended_for_kd
+    assert any(str(gen_out) in w and "KD: use" in w for w in warned) == (not rec["use_this_artifact"]), (rec, warned)
 
 
 _KILL_MID_CHECKPOINT = """

@@ -129,6 +129,7 @@ def test_per_class_generators_beat_one_gaussian_for_all(cache: Path, tmp_path: P
         assert per["generator"]["fd"] < per["gaussian_all"]["fd"], c
     assert s["metrics"]["summary"]["fd_wins_vs_gaussian_all"] == "3/3"
     assert "per-class Gaussian" in s["metrics"]["summary"]["verdict"]
+    assert s["metrics"]["summary"]["verdict"].startswith("learned vae generator:")
 
 
 def test_training_uses_the_train_split_and_beta_reaches_its_target(cache: Path, tmp_path: Path) -> None:
@@ -245,6 +246,7 @@ def test_gaussian_generator_per_class(cache: Path, tmp_path: Path) -> None:
     assert all(e["arch"]["type"] == "gaussian" and e["arch"]["covariance"] == "full" for e in m["generators"])  # 8*32 <= 1024
     assert m["recommended_for_kd"]["generator"] == "gaussian" and m["recommended_for_kd"]["use_this_artifact"]
     assert "KD: use this artifact" in s["metrics"]["summary"]["verdict"]
+    assert s["metrics"]["summary"]["verdict"].startswith("gaussian generator:")  # not called a learned generator
     gs = load_generator_set(tmp_path / "g")
     assert gs.recommended_for_kd["generator"] == "gaussian"
     # samples sit on each class's own cloud (the train split's mean), far from the other classes
