@@ -94,7 +94,7 @@ class Federation:
         if missing:
             raise InputError(f"strategy.generators {path} has no generator for class {missing[0]!r}; "
                              f"it covers: {', '.join(gens.classes)}")
-        rec = getattr(gens, "recommended_for_kd", None) or {}
+        rec = gens.recommended_for_kd
         if rec and not rec.get("use_this_artifact", True):  # the generator report says another one suits KD better
             from a2vtool import ui
 

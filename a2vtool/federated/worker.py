@@ -62,9 +62,6 @@ def build_model(shape: tuple[int, ...], targets: Any, cfg: FederateConfig, state
 
 def optimizer_to(opt: Any, device: Any) -> None:
     """Move an optimizer's state tensors to `device`; AdamW's `step` counters stay on the CPU (as torch wants)."""
-    if str(device) == "cpu" and all(getattr(v, "device", None) is None or v.device.type == "cpu"
-                                    for st in opt.state.values() for v in st.values()):
-        return
     for st in opt.state.values():
         for k, v in st.items():
             if hasattr(v, "to") and k != "step":

@@ -61,41 +61,44 @@ def _arch(spec: dict) -> dict:
     return {"in_dim": DIM, "slot_shapes": {k: list(v) for k, v in SLOTS.items()}, "spec": spec, "family": "sd"}
 
 
+def _saved_and_loaded(tmp_path: Path, m: torch.nn.Module, spec: dict) -> tuple[torch.nn.Module, dict]:
+    """`m` saved as an adapters file whose header holds `spec`, and loaded back."""
+    path = tmp_path / "adapters.safetensors"
+    save_adapters(path, m.state_dict(), "k", _arch(spec))
+    return load_adapters(path)
+
+
+def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    x = torch.randn(2, TOKENS, DIM)
+    with torch.no_grad():
+        for slot in SLOTS:
+            torch.testing.assert_close(a(x)[slot], b(x)[slot])
+
+
 def test_adapters_saved_before_positions_existed_load_order_blind(tmp_path: Path) -> None:
     old = _model(0)
     spec = AdapterSpec(hidden=[16], width=8, heads=2, dropout=0.0, positions=0).model_dump()
     del spec["positions"]  # the header of an a2vtool 0.1 adapters file
-    path = tmp_path / "old.safetensors"
-    save_adapters(path, old.state_dict(), "k", _arch(spec))
-    loaded, info = load_adapters(path)
+    loaded, info = _saved_and_loaded(tmp_path, old, spec)
     assert _pos(loaded) == [None, None] and "positions" not in info["arch"]["spec"]
-    x = torch.randn(2, TOKENS, DIM)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x)["prompt_embeds"], old(x)["prompt_embeds"])
+    _same_outputs(loaded, old)
 
 
 def test_adapters_with_positions_round_trip(tmp_path: Path) -> None:
     m = _model(TOKENS)
-    path = tmp_path / "new.safetensors"
-    save_adapters(path, m.state_dict(), "k", _arch(AdapterSpec(hidden=[16], width=8, heads=2, dropout=0.0,
-                                                               positions=TOKENS).model_dump()))
-    loaded, _ = load_adapters(path)
+    spec = AdapterSpec(hidden=[16], width=8, heads=2, dropout=0.0, positions=TOKENS).model_dump()
+    loaded, _ = _saved_and_loaded(tmp_path, m, spec)
     for a, b in zip(_pos(loaded), _pos(m)):
         torch.testing.assert_close(a, b)
-    x = torch.randn(2, TOKENS, DIM)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x)["pooled_prompt_embeds"], m(x)["pooled_prompt_embeds"])
+    _same_outputs(loaded, m)
 
 
 def test_a_positions_mismatch_is_an_artifact_error(tmp_path: Path) -> None:
     from a2vtool.errors import ArtifactError
 
-    m = _model(TOKENS)
-    path = tmp_path / "bad.safetensors"
     spec = AdapterSpec(hidden=[16], width=8, heads=2, dropout=0.0, positions=0).model_dump()
-    save_adapters(path, m.state_dict(), "k", _arch(spec))  # header says no positions, tensors have them
     with pytest.raises(ArtifactError, match="does not match its architecture"):
-        load_adapters(path)
+        _saved_and_loaded(tmp_path, _model(TOKENS), spec)  # header says no positions, tensors have them
 
 
 def test_null_positions_take_the_token_count_and_checkpoints_record_it() -> None:
