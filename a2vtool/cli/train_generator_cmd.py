@@ -38,7 +38,8 @@ def _table(s: dict[str, Any]) -> Any:
                      f"{g['epochs_run']}{' (early stop)' if g['stopped_early'] else ''}", str(g["best_epoch"]),
                      _fmt(g["best_val_loss"]))
     gens.caption = (f"models {s['training_sequence_length']} x {s['token_dim']} tokens; the cache has "
-                    f"{s['cache_tokens']} (samples are interpolated up to that length)")
+                    f"{s['cache_tokens']}" + (" (samples are interpolated up to that length)"
+                                              if s['training_sequence_length'] != s['cache_tokens'] else ""))
     m = s["metrics"]
     qual = Table(title=f"quality vs held-out clips (feature: {m['feature_space']}; lower FD is better)")
     qual.add_column("class")
